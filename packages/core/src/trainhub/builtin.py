@@ -1,0 +1,142 @@
+"""Core's own plugin: built-in losses, loggers and the ``tiny`` recipe, registered through the same
+hooks as any third-party plugin."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Optional
+
+import torch
+from pydantic import Field
+from torch import nn
+from torch.utils.data import Dataset
+
+from trainhub import hookimpl
+from trainhub.config import RunConfig, Section, TrainConfig
+from trainhub.losses import LOSSES
+from trainhub.recipe import EvalContext, Recipe, StepContext
+
+
+class SyntheticRegression(Dataset):
+    """``y = sin(x @ W) + noise`` with fixed ``W``: a deterministic dataset for trainer tests and demos."""
+
+    def __init__(self, num_samples: int, dim: int = 8, noise: float = 0.05, seed: int = 0, split_offset: int = 0) -> None:
+        g = torch.Generator().manual_seed(seed)
+        w = torch.randn(dim, 1, generator=g) / math.sqrt(dim)
+        g2 = torch.Generator().manual_seed(seed + 1 + split_offset)
+        self.x = torch.randn(num_samples, dim, generator=g2)
+        self.y = torch.sin(3.0 * self.x @ w) + noise * torch.randn(num_samples, 1, generator=g2)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        x = self.x[i]
+        return {"x": x + 0.01 * torch.randn_like(x), "y": self.y[i]}  # tiny augmentation: exercises data RNG
+
+
+class TinyMLP(nn.Module):
+    def __init__(self, dim: int = 8, hidden: int = 64, depth: int = 2, dropout: float = 0.1) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        d = dim
+        for _ in range(depth):
+            layers += [nn.Linear(d, hidden), nn.GELU(), nn.Dropout(dropout)]
+            d = hidden
+        layers.append(nn.Linear(d, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class TinyModel(Section):
+    name: str = Field("tiny-mlp", description="a registered model name")
+    dim: int = Field(8, ge=1)
+    hidden: int = Field(64, ge=1)
+    depth: int = Field(2, ge=1)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+
+
+class TinyData(Section):
+    num_samples: int = Field(2048, ge=1)
+    val_samples: int = Field(256, ge=0)
+    noise: float = Field(0.05, ge=0.0)
+    loss: str = Field("mse", description="a registered loss name: l1, mse, charbonnier, ...")
+
+
+class TinyConfig(RunConfig):
+    model: TinyModel = TinyModel()
+    data: TinyData = TinyData()
+    train: TrainConfig = TrainConfig(max_steps=300, batch_size=32, lr=3e-3, eval_every=100, log_every=20,
+                                     best_metric="val_mse", best_mode="min", ema=dict(decay=0.99))
+
+
+class TinyRecipe(Recipe):
+    """A tiny MLP regression: the smallest complete recipe, used to demo and test the trainer."""
+
+    name = "tiny"
+    description = "tiny MLP regression on synthetic data (built-in demo and trainer test recipe)"
+    config_class = TinyConfig
+
+    def build_models(self, config: TinyConfig) -> dict[str, nn.Module]:
+        from trainhub.plugins import get_plugins
+
+        m = config.model
+        factory = get_plugins().model(m.name)
+        return {"model": factory(dim=m.dim, hidden=m.hidden, depth=m.depth, dropout=m.dropout)}
+
+    def build_data(self, config: TinyConfig) -> tuple[Dataset, Optional[Dataset]]:
+        d = config.data
+        train = SyntheticRegression(d.num_samples, config.model.dim, d.noise, seed=config.train.seed)
+        val = SyntheticRegression(d.val_samples, config.model.dim, d.noise, seed=config.train.seed, split_offset=1) if d.val_samples else None
+        return train, val
+
+    def _loss(self, config: TinyConfig) -> nn.Module:
+        if not hasattr(self, "_loss_fn"):
+            from trainhub.plugins import get_plugins
+
+            self._loss_fn = get_plugins().loss(config.data.loss)()
+        return self._loss_fn
+
+    def train_step(self, batch: dict[str, torch.Tensor], ctx: StepContext) -> dict[str, torch.Tensor]:
+        pred = ctx.models["model"](batch["x"])
+        return {"loss": self._loss(ctx.config)(pred.float(), batch["y"])}  # type: ignore[arg-type]
+
+    def evaluate(self, ctx: EvalContext) -> dict[str, float]:
+        total, n = 0.0, 0
+        for batch in ctx.data or []:
+            x, y = batch["x"].to(ctx.device), batch["y"].to(ctx.device)
+            with ctx.autocast():
+                pred = ctx.models["model"](x)
+            total += float(((pred.float() - y) ** 2).sum())
+            n += len(x)
+        return {"val_mse": total / max(n, 1)}
+
+
+@hookimpl
+def trainhub_register_recipes(register: Callable[[Any], None]) -> None:
+    register(TinyRecipe())
+
+
+@hookimpl
+def trainhub_register_models(register: Callable[..., None]) -> None:
+    register("tiny-mlp", TinyMLP)
+
+
+@hookimpl
+def trainhub_register_datasets(register: Callable[..., None]) -> None:
+    register("synthetic-regression", SyntheticRegression)
+
+
+@hookimpl
+def trainhub_register_losses(register: Callable[..., None]) -> None:
+    for name, cls in LOSSES.items():
+        register(name, cls)
+
+
+@hookimpl
+def trainhub_register_loggers(register: Callable[..., None]) -> None:
+    from trainhub.loggers import register_builtin
+
+    register_builtin(register)

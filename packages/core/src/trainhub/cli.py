@@ -1,0 +1,309 @@
+"""The ``trainhub`` command line. User mistakes print one line and exit 2, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from trainhub.errors import TrainingStopped, UserError
+
+EPILOG = """examples:
+  trainhub list                                   recipes you can run
+  trainhub run sr3                                train on the embedded default data
+  trainhub run sr3 --config cfg.yaml train.lr=2e-4 --data.root ./images
+  trainhub run sr3 --resume auto                  continue the newest run
+  trainhub run dit --nproc-per-node 4             DDP on 4 GPUs (hands over to torchrun)
+  trainhub sample sr3 --checkpoint runs/sr3/NAME --input lr.png
+  trainhub config sr3 > cfg.yaml                  defaults as YAML (--schema: JSON schema)
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="trainhub", description="Train image, video and audio generative models with plugins.",
+                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    r = sub.add_parser("run", help="train a recipe", description="Train a recipe. Extra arguments are config overrides: "
+                       "key.path=value or --key.path value (later wins: defaults < --config < overrides).")
+    r.add_argument("recipe", help="recipe name (see `trainhub list`)")
+    r.add_argument("--config", help="YAML, or JSON with // comments")
+    r.add_argument("--resume", help="auto (latest checkpoint of the run, fresh start if none) or a checkpoint/run directory")
+    r.add_argument("--run-dir", help="run directory (default: <output_dir>/<recipe>/<run_name or timestamp>)")
+    r.add_argument("--dry-run", action="store_true", help="validate config, build model and data, run one step, write nothing")
+    r.add_argument("--nproc-per-node", type=int, help="processes per node: hands over to torch.distributed.run (torchrun)")
+    r.add_argument("--nnodes", type=int, default=1, help="number of nodes (with --nproc-per-node)")
+    r.add_argument("--node-rank", type=int, default=0, help="this node's rank (with --nnodes > 1)")
+    r.add_argument("--rdzv-endpoint", help="HOST:PORT of the rendezvous (with --nnodes > 1)")
+
+    sub.add_parser("list", help="list recipes")
+    sub.add_parser("plugins", help="list plugins, their distributions, versions and what each registered")
+
+    c = sub.add_parser("config", help="print a recipe's default config as YAML")
+    c.add_argument("recipe")
+    c.add_argument("--schema", action="store_true", help="print the JSON schema instead")
+
+    sub.add_parser("doctor", help="check torch, devices, memory, disk and plugins")
+
+    s = sub.add_parser("sample", help="generate with a trained checkpoint (EMA weights by default)", add_help=False)
+    s.add_argument("recipe")
+    e = sub.add_parser("eval", help="evaluate a checkpoint on the recipe's validation data")
+    e.add_argument("recipe")
+    e.add_argument("--checkpoint", required=True, help="checkpoint or run directory")
+    e.add_argument("--no-ema", action="store_true", help="use the raw weights instead of EMA")
+    e.add_argument("overrides", nargs="*", help="config overrides (e.g. data.root=./val)")
+
+    pr = sub.add_parser("prepare", help="prepare a recipe's dataset (recipe-specific arguments)", add_help=False)
+    pr.add_argument("recipe")
+    a = sub.add_parser("analyze", help="performance report of a run directory", add_help=False)
+    a.add_argument("run_dir", nargs="?")
+    n = sub.add_parser("new", help="scaffold a new plugin package: trainhub new plugin NAME [--dir D]", add_help=False)
+    n.add_argument("what", nargs="?")
+    return p
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _main(argv)
+    except TrainingStopped as e:
+        print(f"trainhub: stopped: {e}", file=sys.stderr)
+        return 1
+    except UserError as e:
+        print(f"trainhub: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("trainhub: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str]) -> int:
+    parser = _parser()
+    known = {"run", "list", "plugins", "config", "doctor", "sample", "eval", "prepare", "analyze", "new"}
+    if argv and not argv[0].startswith("-") and argv[0] not in known:
+        return _recipe_command(argv[0], argv[1:], parser)
+    args, rest = parser.parse_known_args(argv)
+    if args.version:
+        from trainhub import __version__
+
+        print(__version__)
+        return 0
+    if args.command is None:
+        parser.print_help()
+        return 0
+    if args.command in ("sample", "prepare", "analyze", "new"):
+        rest = argv[argv.index(args.command) + 1 :]
+    elif rest and args.command != "run":
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    return globals()[f"cmd_{args.command}"](args, rest)
+
+
+def _recipe_command(name: str, args: list[str], parser: argparse.ArgumentParser) -> int:
+    from trainhub.plugins import get_plugins
+
+    plugins = get_plugins()
+    if name not in plugins.registry["recipes"]:
+        parser.print_usage(sys.stderr)
+        raise UserError(f"unknown command or recipe {name!r}; commands: run, list, plugins, config, doctor, sample, eval, "
+                        f"prepare, analyze, new; recipes: {', '.join(sorted(plugins.registry['recipes'])) or 'none'}")
+    try:
+        plugins.recipe(name).command(args)
+    except NotImplementedError as e:
+        raise UserError(str(e)) from None
+    return 0
+
+
+# ---- commands ------------------------------------------------------------------------------------
+
+def cmd_run(args: argparse.Namespace, overrides: list[str]) -> int:
+    if args.nproc_per_node:
+        return _launch_torchrun(args)
+    from trainhub.run import main_entry
+
+    return main_entry(args.recipe, config_file=args.config, overrides=overrides, run_dir=args.run_dir,
+                      resume=args.resume, dry_run=args.dry_run)
+
+
+def _launch_torchrun(args: argparse.Namespace) -> int:
+    """Re-run this command under torch.distributed.run with the launch flags removed."""
+    from torch.distributed import run as torchrun
+
+    argv = sys.argv[1:]
+    flags = {"--nproc-per-node", "--nnodes", "--node-rank", "--rdzv-endpoint"}
+    inner: list[str] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a.split("=", 1)[0] in flags:
+            i += 1 if "=" in a else 2
+            continue
+        inner.append(a)
+        i += 1
+    launch = [f"--nproc-per-node={args.nproc_per_node}", f"--nnodes={args.nnodes}"]
+    if args.nnodes > 1:
+        if not args.rdzv_endpoint:
+            raise UserError("--nnodes > 1 needs --rdzv-endpoint HOST:PORT (the same on every node)")
+        launch += [f"--node-rank={args.node_rank}", "--rdzv-backend=c10d", f"--rdzv-endpoint={args.rdzv_endpoint}"]
+    else:
+        launch += ["--standalone"]
+    torchrun.main(launch + ["-m", "trainhub"] + inner)
+    return 0
+
+
+def cmd_list(args: argparse.Namespace, rest: list[str]) -> int:
+    from trainhub.plugins import get_plugins
+
+    plugins = get_plugins()
+    for name, reg in sorted(plugins.registry["recipes"].items()):
+        print(f"{name:<14} {reg.distribution:<22} {getattr(reg.obj, 'description', '')}")
+    for name, err in sorted(plugins.failed.items()):
+        print(f"{name:<14} FAILED: {err}")
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace, rest: list[str]) -> int:
+    from trainhub.plugins import get_plugins
+
+    plugins = get_plugins()
+    for name, info in sorted(plugins.info.items()):
+        print(f"{name}  ({info.distribution} {info.version})  {info.module}")
+        for kind, names in sorted(info.registered.items()):
+            print(f"    {kind}: {', '.join(names)}")
+    for name, err in sorted(plugins.failed.items()):
+        print(f"{name}  FAILED to load: {err}")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace, rest: list[str]) -> int:
+    from trainhub import config as C
+    from trainhub.plugins import get_plugins
+    from trainhub.run import config_class_for
+
+    plugins = get_plugins()
+    cls = config_class_for(plugins.recipe(args.recipe), plugins)
+    print(C.json_schema(cls) if args.schema else C.to_yaml(cls()), end="" if not args.schema else "\n")
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace, rest: list[str]) -> int:
+    from trainhub.doctor import report
+
+    lines, ok = report()
+    print("\n".join(lines))
+    return 0 if ok else 1
+
+
+def _load_for_inference(recipe_name: str, checkpoint: str, ema: bool, overrides: list[str]) -> tuple[Any, Any, dict, Path]:
+    from trainhub import checkpoint as ckpt
+    from trainhub.plugins import get_plugins
+    from trainhub.run import resolve_config
+
+    plugins = get_plugins()
+    recipe = plugins.recipe(recipe_name)
+    path = ckpt.resolve_checkpoint(checkpoint)
+    run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    cfg_file = run_dir / "config.yaml"
+    config = resolve_config(recipe, plugins, cfg_file if cfg_file.is_file() else None, overrides)
+    models = recipe.build_models(config)
+    used = ckpt.load_models(path, models, ema=ema)
+    print(f"trainhub: loaded {', '.join(used)} from {path}", file=sys.stderr)
+    return recipe, config, models, path
+
+
+def cmd_sample(args: argparse.Namespace, rest: list[str]) -> int:
+    from trainhub.plugins import get_plugins
+
+    recipe_name = rest[0] if rest else ""
+    recipe = get_plugins().recipe(recipe_name)
+    p = argparse.ArgumentParser(prog=f"trainhub sample {recipe_name}", description=f"Generate with a trained {recipe_name} checkpoint.")
+    p.add_argument("--checkpoint", required=True, help="checkpoint directory, or a run directory (its latest checkpoint)")
+    p.add_argument("--out", help="output directory (default: <run>/samples/cli-<time>)")
+    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of EMA")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    recipe.add_sample_arguments(p)
+    sargs = p.parse_args(rest[1:])
+    recipe, config, models, path = _load_for_inference(recipe_name, sargs.checkpoint, not sargs.no_ema, [])
+    from trainhub.trainer import select_device
+
+    device = select_device(sargs.device)
+    models = {k: m.to(device).eval() for k, m in models.items()}
+    sargs.device = device
+    run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    out = Path(sargs.out) if sargs.out else run_dir / "samples" / f"cli-{time.strftime('%Y%m%d-%H%M%S')}"
+    out.mkdir(parents=True, exist_ok=True)
+    import torch
+
+    with torch.no_grad():
+        try:
+            recipe.sample(models, config, sargs, out)
+        except NotImplementedError as e:
+            raise UserError(str(e)) from None
+    print(f"trainhub: samples written to {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
+    import torch
+
+    from trainhub.data import build_loader
+    from trainhub.media import MediaWriter
+    from trainhub.recipe import EvalContext
+    from trainhub.trainer import select_device, select_precision
+
+    recipe, config, models, path = _load_for_inference(args.recipe, args.checkpoint, not args.no_ema, args.overrides)
+    device = select_device(config.train.device)
+    models = {k: m.to(device).eval() for k, m in models.items()}
+    _, val = recipe.build_data(config)
+    if val is None or len(val) == 0:
+        raise UserError(f"recipe {args.recipe!r} has no validation data with this config")
+    loader, _ = build_loader(val, config.train.batch_size, config.loader.model_copy(update={"persistent_workers": False}),
+                             config.train.seed, 0, 1, False, recipe.collate_fn(config), shuffle=False, drop_last=False)
+    precision = select_precision(config.train.precision, device)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+
+    def autocast() -> Any:
+        import contextlib
+
+        return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+
+    step = json.loads((path / "training_state.json").read_text())["step"]
+    out_root = path.parent.parent / "samples" / "eval" if path.parent.name == "checkpoints" else path / "eval"
+    ctx = EvalContext(models, loader, device, config, step, path, True, autocast, MediaWriter(out_root, step))
+    torch.manual_seed(config.train.seed)
+    with torch.no_grad():
+        metrics = recipe.evaluate(ctx)
+    print(json.dumps({k: float(v) for k, v in metrics.items()}, indent=2))
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace, rest: list[str]) -> int:
+    from trainhub.plugins import get_plugins
+
+    if not rest or rest[0].startswith("-"):
+        raise UserError("usage: trainhub prepare RECIPE [recipe arguments]; see trainhub prepare RECIPE --help")
+    try:
+        get_plugins().recipe(rest[0]).prepare(rest[1:])
+    except NotImplementedError as e:
+        raise UserError(str(e)) from None
+    return 0
+
+
+def cmd_analyze(args: argparse.Namespace, rest: list[str]) -> int:
+    from trainhub import analyze
+
+    return analyze.main(rest)
+
+
+def cmd_new(args: argparse.Namespace, rest: list[str]) -> int:
+    from trainhub import scaffold
+
+    return scaffold.main(rest)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

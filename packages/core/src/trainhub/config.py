@@ -1,0 +1,288 @@
+"""Typed run configuration: schema (pydantic), sources, overrides and one-line errors.
+
+Sources, later wins: recipe defaults < ``--config FILE`` (YAML, or JSON with ``//`` comments)
+< dotted command-line overrides (``train.lr=2e-4`` or ``--train.lr 2e-4``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+
+from trainhub.errors import ConfigError
+
+
+class Section(BaseModel):
+    """Base for every config section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+class EMAConfig(Section):
+    enabled: bool = True
+    decay: float = Field(0.999, ge=0.0, le=1.0)
+    start_step: int = Field(0, ge=0, description="optimizer step at which EMA starts (before: copy weights)")
+    every: int = Field(1, ge=1, description="update EMA every N optimizer steps")
+
+
+class TrainConfig(Section):
+    max_steps: int = Field(1000, ge=1, description="optimizer steps (ignored when epochs is set)")
+    epochs: Optional[int] = Field(None, ge=1, description="train for this many epochs instead of max_steps")
+    batch_size: int = Field(8, ge=1, description="per-device micro-batch size")
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    optimizer: Literal["adamw", "adam"] = "adamw"
+    lr: float = Field(1e-4, gt=0.0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = Field(0.0, ge=0.0)
+    eps: float = Field(1e-8, gt=0.0)
+    fused: Optional[bool] = Field(None, description="fused AdamW kernel; null = on for CUDA")
+    schedule: Literal["constant", "cosine", "linear"] = "constant"
+    warmup_steps: int = Field(0, ge=0)
+    min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0)
+    max_grad_norm: Optional[float] = Field(1.0, gt=0.0, description="clip after unscale; null = no clipping")
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    fp16_init_scale: float = Field(65536.0, gt=0.0)
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    seed: int = 0
+    deterministic: bool = False
+    ema: EMAConfig = EMAConfig()
+    eval_every: int = Field(0, ge=0, description="optimizer steps between evals; 0 = only at the end")
+    eval_at_end: bool = True
+    checkpoint_every: int = Field(0, ge=0, description="optimizer steps between checkpoints; 0 = only at the end")
+    checkpoint_every_epoch: bool = False
+    keep_last: int = Field(3, ge=1)
+    best_metric: Optional[str] = None
+    best_mode: Literal["min", "max"] = "min"
+    log_every: int = Field(10, ge=1)
+    max_nonfinite: int = Field(5, ge=1, description="consecutive non-finite steps before the run stops")
+    compile: bool = False
+    channels_last: bool = False
+    strategy: Literal["ddp"] = "ddp"
+
+
+class LoaderConfig(Section):
+    num_workers: Union[int, Literal["auto"]] = "auto"
+    pin_memory: Optional[bool] = Field(None, description="null = on when training on CUDA")
+    persistent_workers: bool = True
+    prefetch_factor: int = Field(2, ge=1)
+    drop_last: bool = True
+    shuffle: bool = True
+
+
+class RunConfig(Section):
+    """The top level shared by every recipe; recipes subclass it and type ``model`` and ``data``."""
+
+    run_name: Optional[str] = Field(None, description="run folder name; default: a timestamp")
+    output_dir: str = Field("runs", description="runs are written to <output_dir>/<recipe>/<run_name>")
+    plugin_errors: Literal["stop", "disable"] = Field(
+        "stop", description="a plugin raising in a lifecycle hook stops the run, or is disabled for the rest of it"
+    )
+    model: Section = Section()
+    data: Section = Section()
+    train: TrainConfig = TrainConfig()
+    loader: LoaderConfig = LoaderConfig()
+
+
+# ---- reading sources ---------------------------------------------------------------------------
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that reads ``1e-4`` and ``1e4`` as floats (YAML 1.1 wants a dot)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+][0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def strip_json_comments(text: str) -> str:
+    """Remove ``//`` and ``/* */`` comments outside strings (the SR3 config style)."""
+    out, i, n, in_str = [], 0, len(text), False
+    while i < n:
+        c = text[i]
+        if in_str:
+            out.append(c)
+            if c == "\\" and i + 1 < n:
+                out.append(text[i + 1])
+                i += 1
+            elif c == '"':
+                in_str = False
+        elif c == '"':
+            in_str = True
+            out.append(c)
+        elif text.startswith("//", i):
+            while i < n and text[i] != "\n":
+                i += 1
+            continue
+        elif text.startswith("/*", i):
+            end = text.find("*/", i + 2)
+            i = n if end < 0 else end + 2
+            continue
+        else:
+            out.append(c)
+        i += 1
+    return "".join(out)
+
+
+def load_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML or JSON(-with-comments) config file into a dict; errors name the file and line."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    text = p.read_text(encoding="utf-8")
+    if p.suffix.lower() == ".json":
+        try:
+            data = json.loads(strip_json_comments(text))
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{p}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    else:
+        try:
+            data = yaml.load(text, Loader=_Loader)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
+            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise ConfigError(f"{p}: YAML syntax error{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def parse_value(text: str) -> Any:
+    """Parse an override value the way YAML would (numbers, bools, null, lists)."""
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError:
+        return text
+
+
+def parse_overrides(args: list[str]) -> dict[str, Any]:
+    """``["train.lr=2e-4", "--data.root", "./x"]`` -> nested dict."""
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a.startswith("--") and "=" not in a:
+            if i + 1 >= len(args):
+                raise ConfigError(f"override {a} needs a value: {a} VALUE or {a[2:]}=VALUE")
+            key, value = a[2:], args[i + 1]
+            i += 2
+        elif "=" in a:
+            key, value = a.lstrip("-").split("=", 1)
+            i += 1
+        else:
+            raise ConfigError(f"cannot read argument {a!r}: overrides look like key.path=value")
+        if not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*", key):
+            raise ConfigError(f"invalid override key {key!r}: use dotted names such as train.lr")
+        set_path(out, key, parse_value(value))
+    return out
+
+
+def set_path(d: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    for p in parts[:-1]:
+        nxt = d.get(p)
+        if not isinstance(nxt, dict):
+            nxt = d[p] = {}
+        d = nxt
+    d[parts[-1]] = value
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+# ---- validation --------------------------------------------------------------------------------
+
+def with_loggers(config_class: type[RunConfig], loggers: dict[str, type[BaseModel]]) -> type[RunConfig]:
+    """Add a ``loggers`` section holding one sub-section per registered logger."""
+    if not loggers:
+        return config_class
+    fields = {name: (cls, cls()) for name, cls in sorted(loggers.items())}
+    loggers_model = create_model("LoggersConfig", __base__=Section, **fields)  # type: ignore[call-overload]
+    return create_model(  # type: ignore[call-overload]
+        config_class.__name__, __base__=config_class, loggers=(loggers_model, loggers_model())
+    )
+
+
+def validate(config_class: type[RunConfig], data: dict[str, Any]) -> RunConfig:
+    try:
+        return config_class.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, config_class)) from None
+
+
+def format_validation_error(e: ValidationError, root: type[BaseModel]) -> str:
+    msgs = []
+    for err in e.errors():
+        loc = [str(p) for p in err["loc"]]
+        path = ".".join(loc)
+        if err["type"] == "extra_forbidden":
+            allowed = _allowed_keys(root, loc[:-1])
+            close = difflib.get_close_matches(loc[-1], allowed, n=1)
+            hint = f" (did you mean {'.'.join(loc[:-1] + close)!r}?)" if close else ""
+            msgs.append(f"unknown key {path!r}{hint}; allowed here: {', '.join(allowed)}")
+        else:
+            got = err.get("input")
+            shown = repr(got) if not isinstance(got, (dict, list)) else type(got).__name__
+            msgs.append(f"{path}: {err['msg']} (got {shown})")
+    return "invalid config: " + "; ".join(msgs)
+
+
+def _allowed_keys(model: type[BaseModel], loc: list[str]) -> list[str]:
+    for part in loc:
+        field = model.model_fields.get(part)
+        ann = getattr(field, "annotation", None)
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return []
+        model = ann
+    return list(model.model_fields)
+
+
+def resolve(
+    config_class: type[RunConfig],
+    file: str | Path | None = None,
+    overrides: list[str] | dict[str, Any] | None = None,
+    file_mapper: Any = None,
+) -> RunConfig:
+    """Defaults < file < overrides, validated. ``file_mapper(dict, path)`` converts foreign layouts."""
+    data = config_class().model_dump(mode="json")
+    if file:
+        raw = load_file(file)
+        if file_mapper is not None:
+            raw = file_mapper(raw, Path(file))
+        data = deep_merge(data, raw)
+    if overrides:
+        ov = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
+        data = deep_merge(data, ov)
+    return validate(config_class, data)
+
+
+def to_yaml(config: BaseModel) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def json_schema(config_class: type[BaseModel]) -> str:
+    return json.dumps(config_class.model_json_schema(), indent=2)

@@ -1,0 +1,53 @@
+"""Exponential moving average of model weights, kept in fp32, updated with foreach kernels."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class EMA:
+    """``ema = decay * ema + (1 - decay) * param`` for floating parameters; buffers are copied."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.params = {n: p.detach().float().clone() for n, p in model.named_parameters()}
+        self.buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, decay: float | None = None) -> None:
+        d = self.decay if decay is None else decay
+        names = list(self.params)
+        named = dict(model.named_parameters())
+        ema = [self.params[n] for n in names]
+        cur = [named[n].detach() for n in names]
+        if cur and cur[0].dtype != torch.float32:
+            cur = [c.float() for c in cur]
+        torch._foreach_lerp_(ema, cur, 1.0 - d)
+        for n, b in model.named_buffers():
+            if n in self.buffers:
+                self.buffers[n].copy_(b)
+
+    @torch.no_grad()
+    def copy_from(self, model: nn.Module) -> None:
+        self.update(model, decay=0.0)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {**self.params, **self.buffers}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for table in (self.params, self.buffers):
+            for n in table:
+                table[n].copy_(state[n])
+
+    @torch.no_grad()
+    def copy_to(self, model: nn.Module) -> None:
+        sd = self.state_dict()
+        for n, t in model.state_dict().items():
+            if n in sd:
+                t.copy_(sd[n])
+
+    def to(self, device: torch.device) -> "EMA":
+        self.params = {n: t.to(device) for n, t in self.params.items()}
+        self.buffers = {n: t.to(device) for n, t in self.buffers.items()}
+        return self

@@ -1,0 +1,187 @@
+"""Plugin discovery (entry-point group ``trainhub``) and the registries the plugins fill."""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import os
+import sys
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import pluggy
+
+from trainhub import hookspecs
+from trainhub.errors import PluginError
+
+ENTRY_POINT_GROUP = "trainhub"
+#: Set to 1 to load no entry-point plugins (built-ins stay).
+ENV_DISABLE = "TRAINHUB_DISABLE_PLUGIN_AUTOLOAD"
+#: Comma-separated entry-point names: load only these.
+ENV_ALLOW = "TRAINHUB_PLUGINS"
+#: Set to 1 to print every hook call (pluggy tracing) to stderr.
+ENV_TRACE = "TRAINHUB_TRACE_HOOKS"
+
+REGISTRIES = ("recipes", "models", "datasets", "losses", "loggers")
+
+
+@dataclass
+class Registered:
+    name: str
+    obj: Any
+    plugin: str  # plugin name in the manager
+    distribution: str  # "trainhub" for built-ins, else the distribution that provides the entry point
+    extra: tuple = ()
+
+
+@dataclass
+class PluginInfo:
+    name: str
+    distribution: str
+    version: str
+    module: str
+    registered: dict[str, list[str]] = field(default_factory=dict)
+
+
+class Plugins:
+    """A pluggy manager plus the named registries that the registration hooks fill."""
+
+    def __init__(self) -> None:
+        self.pm = pluggy.PluginManager("trainhub")
+        self.pm.add_hookspecs(hookspecs)
+        self.info: dict[str, PluginInfo] = {}
+        self.failed: dict[str, str] = {}  # entry-point name -> one-line error
+        self.registry: dict[str, dict[str, Registered]] = {k: {} for k in REGISTRIES}
+        if os.environ.get(ENV_TRACE) == "1":
+            self.pm.trace.root.setwriter(lambda msg: sys.stderr.write(msg))
+            self.pm.enable_tracing()
+
+    # ---- loading -------------------------------------------------------------------------------
+    def add(self, plugin: Any, name: str, distribution: str = "trainhub", version: str = "") -> None:
+        """Register a plugin object/module under ``name`` and collect what it registers."""
+        if self.pm.has_plugin(name):
+            other = self.info[name].distribution if name in self.info else "?"
+            raise PluginError(
+                f"plugin name {name!r} is provided by both {other!r} and {distribution!r}; uninstall one"
+            )
+        self.pm.register(plugin, name=name)
+        self.info[name] = PluginInfo(name, distribution, version, getattr(plugin, "__name__", type(plugin).__name__))
+        try:
+            self._collect(name)
+        except Exception:
+            self.pm.unregister(name=name)
+            del self.info[name]
+            raise
+
+    def load_entry_points(self) -> None:
+        """Load every installed ``trainhub`` entry point, honouring the environment switches.
+
+        A plugin that fails to import or register is recorded in :attr:`failed` and reported with a
+        warning; the others keep working. Duplicate registrations are errors naming both sides.
+        """
+        if os.environ.get(ENV_DISABLE) == "1":
+            return
+        allow = {n.strip() for n in os.environ.get(ENV_ALLOW, "").split(",") if n.strip()}
+        seen: set[tuple[str, str]] = set()
+        for ep in sorted(md.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+            dist = ep.dist.name if ep.dist else "?"
+            if (ep.name, dist) in seen:  # the same distribution found twice on sys.path
+                continue
+            seen.add((ep.name, dist))
+            if allow and ep.name not in allow:
+                continue
+            version = ep.dist.version if ep.dist else ""
+            try:
+                obj = ep.load()
+            except Exception as exc:  # a broken plugin must not take the others down
+                self._fail(ep.name, dist, exc)
+                continue
+            try:
+                self.add(obj, ep.name, dist, version)
+            except PluginError:
+                raise
+            except Exception as exc:
+                self._fail(ep.name, dist, exc)
+
+    def _fail(self, name: str, dist: str, exc: BaseException) -> None:
+        msg = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        self.failed[name] = f"{dist}: {msg}"
+        warnings.warn(f"trainhub plugin {name!r} ({dist}) failed to load and is skipped: {msg}", stacklevel=2)
+
+    def _collect(self, plugin_name: str) -> None:
+        plugin = self.pm.get_plugin(plugin_name)
+        info = self.info[plugin_name]
+        for kind in REGISTRIES:
+            hook = getattr(self.pm.hook, f"trainhub_register_{kind}")
+            impls = [i for i in hook.get_hookimpls() if i.plugin is plugin]
+            for impl in impls:
+                impl.function(register=self._registrar(kind, plugin_name, info.distribution))
+
+    def _registrar(self, kind: str, plugin: str, dist: str) -> Callable[..., None]:
+        table = self.registry[kind]
+
+        def register(name_or_obj: Any, obj: Any = None, *extra: Any) -> None:
+            if kind == "recipes":
+                obj, name = name_or_obj, getattr(name_or_obj, "name", None)
+                if not isinstance(name, str) or not name:
+                    raise PluginError(f"plugin {plugin!r} registered a recipe without a name")
+            else:
+                name = name_or_obj
+                if obj is None:
+                    raise PluginError(f"plugin {plugin!r}: register({name!r}, factory) needs a factory")
+            if name in table:
+                prev = table[name]
+                raise PluginError(
+                    f"{kind[:-1]} {name!r} is registered by both {prev.distribution!r} (plugin {prev.plugin!r}) "
+                    f"and {dist!r} (plugin {plugin!r})"
+                )
+            table[name] = Registered(name, obj, plugin, dist, tuple(extra))
+            self.info[plugin].registered.setdefault(kind, []).append(name)
+
+        return register
+
+    # ---- lookup --------------------------------------------------------------------------------
+    def get(self, kind: str, name: str) -> Any:
+        table = self.registry[kind]
+        if name not in table:
+            known = ", ".join(sorted(table)) or "none"
+            hint = ""
+            if kind == "recipes" and self.failed:
+                hint = f" (plugins that failed to load: {', '.join(sorted(self.failed))})"
+            raise PluginError(f"unknown {kind[:-1]} {name!r}; available: {known}{hint}")
+        return table[name].obj
+
+    def recipe(self, name: str) -> Any:
+        return self.get("recipes", name)
+
+    def model(self, name: str) -> Callable[..., Any]:
+        return self.get("models", name)
+
+    def dataset(self, name: str) -> Callable[..., Any]:
+        return self.get("datasets", name)
+
+    def loss(self, name: str) -> Callable[..., Any]:
+        return self.get("losses", name)
+
+
+_PLUGINS: Plugins | None = None
+
+
+def get_plugins(reload: bool = False) -> Plugins:
+    """The process-wide plugin set: built-ins plus installed entry points (loaded once)."""
+    global _PLUGINS
+    if _PLUGINS is None or reload:
+        from trainhub import builtin
+
+        plugins = Plugins()
+        plugins.add(builtin, "trainhub", "trainhub", _version("trainhub"))
+        plugins.load_entry_points()
+        _PLUGINS = plugins
+    return _PLUGINS
+
+
+def _version(dist: str) -> str:
+    try:
+        return md.version(dist)
+    except md.PackageNotFoundError:
+        return ""

@@ -1,0 +1,146 @@
+"""The recipe interface: what a model family writes so the shared trainer can run it.
+
+A recipe is plain PyTorch: it builds models and datasets from its typed config, computes losses in
+``train_step`` and metrics in ``evaluate``. The trainer owns devices, precision, distribution,
+accumulation, clipping, optimizers, schedules, EMA, checkpoints and logging.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Optional
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from trainhub.config import RunConfig
+
+if TYPE_CHECKING:
+    from trainhub.media import MediaWriter
+
+
+@dataclass
+class OptimizerSpec:
+    """One optimizer over the parameters of the named models.
+
+    Values left ``None`` come from ``config.train`` (optimizer, lr, betas, weight_decay, eps).
+    """
+
+    models: tuple[str, ...]
+    lr: Optional[float] = None
+    betas: Optional[tuple[float, float]] = None
+    weight_decay: Optional[float] = None
+    max_grad_norm: Optional[float] = None
+
+
+@dataclass
+class StepContext:
+    """What ``Recipe.train_step`` sees. Runs under the trainer's autocast."""
+
+    models: dict[str, nn.Module]  # possibly DDP/compile-wrapped: call them, don't reach into them
+    optimizer: str  # the optimizer whose loss is being computed ("model" for single-optimizer recipes)
+    step: int  # optimizer steps completed so far
+    epoch: int
+    micro_step: int  # index inside gradient accumulation
+    device: torch.device
+    config: RunConfig
+    cache: dict[str, Any] = field(default_factory=dict)  # shared by the optimizer phases of one micro-batch
+
+    def unwrap(self, name: str) -> nn.Module:
+        """The plain module behind ``models[name]`` (no DDP/compile wrapper)."""
+        from trainhub.distributed import unwrap
+
+        return unwrap(self.models[name])
+
+
+@dataclass
+class EvalContext:
+    """What ``Recipe.evaluate`` sees. Models are in eval mode, EMA weights when EMA is on."""
+
+    models: dict[str, nn.Module]
+    data: Optional[Iterable[Any]]  # the validation loader (this rank's shard), or None
+    device: torch.device
+    config: RunConfig
+    step: int
+    run_dir: Optional[Path]
+    is_main: bool
+    autocast: Callable[[], Any]
+    media: "MediaWriter"  # media.image(name, array) / media.audio(name, wave, sr): written under samples/
+
+
+class Recipe:
+    """Subclass, set ``name`` and ``config_class``, implement the build/step methods.
+
+    Multi-optimizer recipes (a GAN) set ``optimizer_order`` and return one :class:`OptimizerSpec`
+    per name from :meth:`optimizers`; ``train_step`` is then called once per optimizer per
+    micro-batch, in that order, with ``ctx.optimizer`` naming the phase and ``ctx.cache`` shared by
+    the phases of one micro-batch. Each phase is backpropagated, clipped and stepped before the
+    next phase runs.
+    """
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    config_class: ClassVar[type[RunConfig]] = RunConfig
+    optimizer_order: ClassVar[tuple[str, ...]] = ("model",)
+
+    # ---- building ----
+    def build_models(self, config: RunConfig) -> dict[str, nn.Module]:
+        """Return the models by name (``{"model": net}`` for most recipes). Called on every rank."""
+        raise NotImplementedError
+
+    def build_data(self, config: RunConfig) -> tuple[Dataset, Optional[Dataset]]:
+        """Return ``(train, val)``; items may be tensors, tuples or dicts of tensors."""
+        raise NotImplementedError
+
+    def optimizers(self, config: RunConfig, models: dict[str, nn.Module]) -> dict[str, OptimizerSpec]:
+        """Optimizers by name, one per entry of ``optimizer_order``. Default: one over ``models['model']``."""
+        return {"model": OptimizerSpec(models=("model",))}
+
+    def ema_models(self, config: RunConfig) -> tuple[str, ...]:
+        """Models that keep an EMA copy (used for eval and sampling)."""
+        return ("model",)
+
+    def collate_fn(self, config: RunConfig) -> Optional[Callable[[list[Any]], Any]]:
+        return None
+
+    # ---- training ----
+    def train_step(self, batch: Any, ctx: StepContext) -> dict[str, torch.Tensor]:
+        """Compute the losses for ``ctx.optimizer``: ``{"loss": total, "l1": ..., ...}``.
+
+        ``loss`` is what gets backpropagated; every other entry is logged (detached).
+        """
+        raise NotImplementedError
+
+    def evaluate(self, ctx: EvalContext) -> dict[str, float]:
+        """Metrics on this rank's validation shard (averaged over ranks by the trainer)."""
+        return {}
+
+    def noise_schedule(self, models: dict[str, nn.Module]) -> Optional[dict[str, torch.Tensor]]:
+        """Diffusion recipes: named schedule tensors (betas, alphas_cumprod, ...) for the parameter monitor."""
+        return None
+
+    # ---- other commands ----
+    def map_config(self, raw: dict[str, Any], path: Path) -> dict[str, Any]:
+        """Convert a foreign config layout (e.g. a reference implementation's JSON) to ours."""
+        return raw
+
+    def add_sample_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """Extra flags for ``trainhub sample NAME``."""
+
+    def sample(self, models: dict[str, nn.Module], config: RunConfig, args: argparse.Namespace, out_dir: Path) -> None:
+        """Generate outputs for ``trainhub sample NAME --checkpoint DIR`` into ``out_dir``."""
+        raise NotImplementedError(f"recipe {self.name!r} has no sample command")
+
+    def command(self, args: list[str]) -> None:
+        """``trainhub NAME ARGS...``: recipe-specific tools (e.g. ``trainhub dit precompute-latents``).
+
+        Parse ``args`` yourself (argparse); raise :class:`trainhub.UserError` for bad input.
+        """
+        raise NotImplementedError(f"recipe {self.name!r} has no commands of its own")
+
+    def prepare(self, args: list[str]) -> None:
+        """``trainhub prepare NAME ARGS...``: dataset preparation, if the recipe has one."""
+        raise NotImplementedError(f"recipe {self.name!r} has no prepare command")

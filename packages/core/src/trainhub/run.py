@@ -1,0 +1,208 @@
+"""Orchestrates one run: plugins -> recipe -> config -> run directory -> loggers -> Trainer."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+import uuid
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from trainhub import checkpoint as ckpt
+from trainhub import config as C
+from trainhub import distributed as dist
+from trainhub.errors import UserError
+from trainhub.plugins import Plugins, get_plugins
+from trainhub.recipe import Recipe
+
+
+@dataclass
+class RunInfo:
+    """What lifecycle hooks receive as ``run``."""
+
+    config: C.RunConfig
+    run_dir: Path
+    recipe: Recipe
+    models: dict[str, nn.Module]
+    device: torch.device
+    run_id: str
+    resumed: bool
+    max_steps: int = 0
+    step: int = 0
+    epoch: int = 0
+    is_main: bool = True
+    last_losses: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    status: str
+    step: int
+    last_checkpoint: Optional[Path]
+    eval_metrics: dict[str, float]
+
+
+def config_class_for(recipe: Recipe, plugins: Plugins) -> type[C.RunConfig]:
+    loggers = {name: reg.extra[0] for name, reg in plugins.registry["loggers"].items() if reg.extra}
+    return C.with_loggers(recipe.config_class, loggers)
+
+
+def resolve_config(recipe: Recipe, plugins: Plugins, config_file: Any = None, overrides: Any = None) -> C.RunConfig:
+    return C.resolve(config_class_for(recipe, plugins), config_file, overrides, file_mapper=recipe.map_config)
+
+
+class HookCaller:
+    """Calls a lifecycle hook on each plugin separately so one failing plugin is named and handled:
+    ``plugin_errors: stop`` re-raises, ``disable`` warns once and unregisters that plugin for the run."""
+
+    def __init__(self, plugins: Plugins, on_error: str) -> None:
+        self.plugins, self.on_error = plugins, on_error
+
+    def __call__(self, name: str, **kwargs: Any) -> None:
+        hook = getattr(self.plugins.pm.hook, name)
+        for impl in reversed(hook.get_hookimpls()):
+            try:
+                impl.function(*[kwargs[a] for a in impl.argnames])
+            except Exception as exc:
+                pname = self.plugins.pm.get_name(impl.plugin) or repr(impl.plugin)
+                if self.on_error == "stop":
+                    raise RuntimeError(f"plugin {pname!r} failed in {name}: {type(exc).__name__}: {exc}") from exc
+                warnings.warn(f"plugin {pname!r} failed in {name} and is disabled for this run: {type(exc).__name__}: {exc}", stacklevel=2)
+                self.plugins.pm.unregister(impl.plugin)
+
+
+def _new_run_dir(config: C.RunConfig, recipe: Recipe) -> Path:
+    name = config.run_name or time.strftime("%Y%m%d-%H%M%S")
+    base = Path(config.output_dir) / recipe.name
+    d = base / name
+    if not config.run_name:
+        i = 1
+        while d.exists():
+            d = base / f"{name}-{i}"
+            i += 1
+    return d
+
+
+def _find_resume(resume: Optional[str], run_dir: Optional[Path], config: C.RunConfig, recipe: Recipe) -> tuple[Optional[Path], Optional[Path]]:
+    """Returns (checkpoint to load, run dir to use)."""
+    if resume is None:
+        return None, run_dir
+    if resume == "auto":
+        if run_dir is None:
+            if config.run_name:
+                run_dir = Path(config.output_dir) / recipe.name / config.run_name
+            else:
+                base = Path(config.output_dir) / recipe.name
+                runs = [d for d in base.iterdir() if d.is_dir() and ckpt.latest(d / "checkpoints")] if base.is_dir() else []
+                run_dir = max(runs, key=lambda d: d.stat().st_mtime) if runs else None
+        found = ckpt.latest(run_dir / "checkpoints") if run_dir is not None else None
+        return found, run_dir
+    path = ckpt.resolve_checkpoint(resume)
+    if run_dir is None:
+        run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    return path, run_dir
+
+
+def train(
+    recipe: str | Recipe,
+    config_file: Optional[str | Path] = None,
+    overrides: Optional[list[str] | dict[str, Any]] = None,
+    run_dir: Optional[str | Path] = None,
+    resume: Optional[str | Path] = None,
+    dry_run: bool = False,
+    plugins: Optional[Plugins] = None,
+) -> RunResult:
+    """Train ``recipe`` (a registered name or a Recipe instance); works under torchrun too.
+
+    ``resume``: ``"auto"`` (latest checkpoint of the run dir, or of the newest run; a fresh start if
+    none) or a checkpoint / run directory. Without ``config_file``, a resumed run reuses its saved
+    ``config.yaml``.
+    """
+    plugins = plugins or get_plugins()
+    rec = plugins.recipe(recipe) if isinstance(recipe, str) else recipe
+    run_dir = Path(run_dir) if run_dir is not None else None
+    resume = str(resume) if resume is not None else None
+    if resume not in (None, "auto") and config_file is None:
+        _, rd = _find_resume(resume, run_dir, C.RunConfig(), rec)
+        if rd is not None and (rd / "config.yaml").is_file():
+            config_file = rd / "config.yaml"
+    config = resolve_config(rec, plugins, config_file, overrides)
+    if resume == "auto" and config_file is None and run_dir is not None and (run_dir / "config.yaml").is_file():
+        config = resolve_config(rec, plugins, run_dir / "config.yaml", overrides)
+
+    from trainhub.trainer import Trainer, select_device
+
+    device = select_device(config.train.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = not config.train.deterministic
+    if config.train.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    dist.init(device)
+    is_main = dist.is_main()
+
+    load_from, run_dir = _find_resume(resume, run_dir, config, rec)
+    tmp: Optional[tempfile.TemporaryDirectory] = None
+    if dry_run:
+        tmp = tempfile.TemporaryDirectory(prefix="trainhub-dry-run-")
+        run_dir = Path(tmp.name)
+    elif run_dir is None:
+        run_dir = _new_run_dir(config, rec)
+    run_dir = Path(dist.broadcast_object(str(run_dir)))
+    if is_main and not dry_run:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml.tmp").write_text(C.to_yaml(config))
+        os.replace(run_dir / "config.yaml.tmp", run_dir / "config.yaml")
+    dist.barrier()
+
+    run_id = uuid.uuid4().hex[:12]
+    if load_from is not None:
+        run_id = ckpt.read_state(load_from).get("run_id") or run_id
+    run_id = dist.broadcast_object(run_id)
+    info = RunInfo(config, run_dir, rec, {}, device, run_id, resumed=load_from is not None, is_main=is_main)
+    call_hook = HookCaller(plugins, getattr(config, "plugin_errors", "stop"))
+    registered: list[str] = []
+    try:
+        trainer = Trainer(rec, config, None if dry_run else run_dir, device, call_hook, info, dry_run=dry_run)
+        if load_from is not None:
+            trainer.load(load_from)
+        info.models = trainer.raw_models
+        info.max_steps, info.step, info.epoch = trainer.max_steps, trainer.step, trainer.epoch
+        if is_main and not dry_run:
+            loggers_cfg = getattr(config, "loggers", None)
+            for name, reg in sorted(plugins.registry["loggers"].items()):
+                section = getattr(loggers_cfg, name, None) if loggers_cfg is not None else None
+                if section is not None and getattr(section, "enabled", False):
+                    pname = f"logger:{name}"
+                    plugins.pm.register(reg.obj(section, info), name=pname)
+                    registered.append(pname)
+        status = trainer.fit()
+    finally:
+        for pname in registered:
+            if plugins.pm.has_plugin(pname):
+                plugins.pm.unregister(name=pname)
+        if tmp is not None:
+            tmp.cleanup()
+    return RunResult(run_dir, status, trainer.step, trainer.last_checkpoint, trainer.last_eval)
+
+
+def main_entry(argv_recipe: str, **kwargs: Any) -> int:
+    """CLI helper: train and shut the process group down."""
+    try:
+        res = train(argv_recipe, **kwargs)
+    finally:
+        dist.shutdown()
+    if res.status == "interrupted" and dist.is_main():
+        print(f"trainhub: resume with: trainhub run {argv_recipe} --resume {res.run_dir}", file=sys.stderr)
+    return 0

@@ -1,0 +1,526 @@
+"""The one shared trainer: devices, precision, DDP, accumulation, clipping, optimizers, schedules,
+EMA, eval, checkpoints, non-finite handling and signals. Recipes stay plain PyTorch."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import random
+import signal
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from trainhub import checkpoint as ckpt
+from trainhub import distributed as dist
+from trainhub.config import RunConfig
+from trainhub.data import build_loader
+from trainhub.ema import EMA
+from trainhub.errors import TrainingStopped, UserError
+from trainhub.media import MediaWriter
+from trainhub.memory import MemoryWatchdog, system_metrics
+from trainhub.recipe import EvalContext, OptimizerSpec, Recipe, StepContext
+from trainhub.schedules import lr_lambda
+
+
+def select_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", dist.local_rank())
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError("train.device=cuda but no CUDA device is available; use auto or cpu")
+        return torch.device("cuda", dist.local_rank())
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UserError("train.device=mps but MPS is not available; use auto or cpu")
+    return torch.device(name)
+
+
+def select_precision(name: str, device: torch.device) -> str:
+    if name != "auto":
+        return name
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
+
+
+def to_device(batch: Any, device: torch.device, non_blocking: bool, channels_last: bool = False) -> Any:
+    if isinstance(batch, torch.Tensor):
+        t = batch.to(device, non_blocking=non_blocking)
+        if channels_last and t.dim() == 4 and t.is_floating_point():
+            t = t.contiguous(memory_format=torch.channels_last)
+        return t
+    if isinstance(batch, dict):
+        return {k: to_device(v, device, non_blocking, channels_last) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        out = [to_device(v, device, non_blocking, channels_last) for v in batch]
+        return type(batch)(out) if not hasattr(batch, "_fields") else type(batch)(*out)
+    return batch
+
+
+class Trainer:
+    """Runs a recipe. Construct through :func:`trainhub.run.train`."""
+
+    def __init__(self, recipe: Recipe, config: RunConfig, run_dir: Optional[Path], device: torch.device,
+                 call_hook: Callable[..., None], run_info: Any, dry_run: bool = False) -> None:
+        self.recipe, self.config, self.run_dir, self.device = recipe, config, run_dir, device
+        self.call_hook, self.run, self.dry_run = call_hook, run_info, dry_run
+        tc = config.train
+        self.tc = tc
+        self.rank, self.world = dist.rank(), dist.world_size()
+        self.is_main = self.rank == 0
+        self.precision = select_precision(tc.precision, device)
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+        self.stop_requested = False
+        self.step = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0  # micro-batches consumed in the current epoch (this rank)
+        self.nonfinite_in_row = 0
+        self.nonfinite_total = 0
+        self.best: Optional[float] = None
+        self.best_name: Optional[str] = None
+        self.last_eval: dict[str, float] = {}
+        self.last_checkpoint: Optional[Path] = None
+        self.saved_step = -1
+        self.watchdog = MemoryWatchdog()
+        self._build()
+
+    # ---- construction ----------------------------------------------------------------------------
+    def _build(self) -> None:
+        cfg, tc = self.config, self.tc
+        torch.manual_seed(tc.seed)  # identical model init on every rank
+        random.seed(tc.seed)
+        np.random.seed(tc.seed % 2**32)
+        models = self.recipe.build_models(cfg)
+        if not isinstance(models, dict) or not models:
+            raise TypeError(f"recipe {self.recipe.name!r}: build_models must return a non-empty dict of modules")
+        self.raw_models: dict[str, nn.Module] = {n: m.to(self.device) for n, m in models.items()}
+        if tc.channels_last:
+            for m in self.raw_models.values():
+                m.to(memory_format=torch.channels_last)
+        self.specs: dict[str, OptimizerSpec] = self.recipe.optimizers(cfg, self.raw_models)
+        order = self.recipe.optimizer_order
+        if set(order) != set(self.specs):
+            raise TypeError(f"recipe {self.recipe.name!r}: optimizer_order {order} does not match optimizers() {sorted(self.specs)}")
+        self.trained = sorted({m for s in self.specs.values() for m in s.models})
+        for name in self.trained:
+            if name not in self.raw_models:
+                raise TypeError(f"recipe {self.recipe.name!r}: optimizer uses unknown model {name!r}")
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        for oname in order:
+            spec = self.specs[oname]
+            params = [p for mn in spec.models for p in self.raw_models[mn].parameters() if p.requires_grad]
+            self.optimizers[oname] = self._make_optimizer(params, spec)
+        self.ema_names = tuple(n for n in self.recipe.ema_models(cfg) if n in self.raw_models) if tc.ema.enabled else ()
+        self.emas = {n: EMA(self.raw_models[n], tc.ema.decay) for n in self.ema_names}
+
+        train_ds, val_ds = self.recipe.build_data(cfg)
+        pin = self.config.loader.pin_memory
+        self.pin = (self.device.type == "cuda") if pin is None else pin
+        collate = self.recipe.collate_fn(cfg)
+        self.loader, self.sampler = build_loader(train_ds, tc.batch_size, cfg.loader, tc.seed, self.rank, self.world, self.pin, collate)
+        self.loader.generator = torch.Generator().manual_seed(tc.seed)  # keep the global RNG out of loader start-up
+        self.val_loader = None
+        if val_ds is not None and len(val_ds) > 0:  # type: ignore[arg-type]
+            vcfg = cfg.loader.model_copy(update={"persistent_workers": False})
+            self.val_loader, _ = build_loader(val_ds, tc.batch_size, vcfg, tc.seed, self.rank, self.world, self.pin, collate, shuffle=False, drop_last=False)
+            self.val_loader.generator = torch.Generator().manual_seed(tc.seed)
+        micro_per_epoch = len(self.sampler) // tc.batch_size if self.loader.drop_last else math.ceil(len(self.sampler) / tc.batch_size)
+        self.steps_per_epoch = micro_per_epoch // tc.gradient_accumulation_steps
+        if self.steps_per_epoch < 1:
+            raise UserError(
+                f"the training set has {len(train_ds)} samples: too few for one optimizer step of "  # type: ignore[arg-type]
+                f"train.batch_size={tc.batch_size} x gradient_accumulation_steps={tc.gradient_accumulation_steps} x {self.world} processes"
+            )
+        self.max_steps = tc.epochs * self.steps_per_epoch if tc.epochs else tc.max_steps
+        self.schedulers = {
+            n: torch.optim.lr_scheduler.LambdaLR(o, lr_lambda(tc.schedule, self.max_steps, tc.warmup_steps, tc.min_lr_ratio))
+            for n, o in self.optimizers.items()
+        }
+        self.scaler = torch.amp.GradScaler(self.device.type, init_scale=tc.fp16_init_scale) if self.precision == "fp16" else None
+        self.models = self._wrap(self.raw_models)
+
+    def _make_optimizer(self, params: list[nn.Parameter], spec: OptimizerSpec) -> torch.optim.Optimizer:
+        tc = self.tc
+        kwargs: dict[str, Any] = dict(
+            lr=spec.lr if spec.lr is not None else tc.lr,
+            betas=spec.betas if spec.betas is not None else tc.betas,
+            weight_decay=spec.weight_decay if spec.weight_decay is not None else tc.weight_decay,
+            eps=tc.eps,
+        )
+        fused = tc.fused if tc.fused is not None else self.device.type == "cuda"
+        if fused and self.device.type in ("cuda", "cpu", "mps"):
+            kwargs["fused"] = True
+        else:
+            kwargs["foreach"] = True
+        cls = torch.optim.AdamW if tc.optimizer == "adamw" else torch.optim.Adam
+        return cls(params, **kwargs)
+
+    def _wrap(self, models: dict[str, nn.Module]) -> dict[str, nn.Module]:
+        out = {}
+        for name, m in models.items():
+            w: nn.Module = m
+            if self.world > 1 and name in self.trained and any(p.requires_grad for p in m.parameters()):
+                ids = [self.device.index] if self.device.type == "cuda" else None
+                w = nn.parallel.DistributedDataParallel(m, device_ids=ids, gradient_as_bucket_view=True)
+            if self.tc.compile:
+                w = torch.compile(w)
+            out[name] = w
+        return out
+
+    # ---- state -----------------------------------------------------------------------------------
+    def training_state(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "world_size": self.world,
+            "batch_size": self.tc.batch_size,
+            "gradient_accumulation_steps": self.tc.gradient_accumulation_steps,
+            "nonfinite_total": self.nonfinite_total,
+            "nonfinite_in_row": self.nonfinite_in_row,
+            "best": self.best,
+            "best_name": self.best_name,
+            "best_metric": self.tc.best_metric,
+            "last_eval": self.last_eval,
+            "recipe": self.recipe.name,
+            "run_id": getattr(self.run, "run_id", None),
+            "time": time.time(),
+        }
+
+    def load(self, directory: Path) -> None:
+        state = ckpt.read_state(directory)
+        if state.get("recipe") not in (None, self.recipe.name):
+            raise UserError(f"checkpoint {directory} is from recipe {state['recipe']!r}, not {self.recipe.name!r}")
+        for key, now in (("world_size", self.world), ("batch_size", self.tc.batch_size),
+                         ("gradient_accumulation_steps", self.tc.gradient_accumulation_steps)):
+            if key in state and state[key] != now:
+                raise UserError(
+                    f"cannot resume {directory} exactly: it was saved with {key}={state[key]}, this run has {now}; "
+                    f"resume with the same {key} (start a new run with the checkpoint as init weights otherwise)"
+                )
+        ckpt.load_models(directory, self.raw_models)
+        for name, ema in self.emas.items():
+            f = directory / ckpt.ema_file(name)
+            if f.is_file():
+                from safetensors.torch import load_file
+
+                ema.load_state_dict({k: v.to(self.device) for k, v in load_file(str(f)).items()})
+        opt = ckpt.load_optim_state(directory)
+        for n, o in self.optimizers.items():
+            o.load_state_dict(opt["optimizers"][n])
+        for n, s in self.schedulers.items():
+            s.load_state_dict(opt["schedulers"][n])
+        if self.scaler is not None and opt.get("scaler"):
+            self.scaler.load_state_dict(opt["scaler"])
+        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        self.nonfinite_total, self.nonfinite_in_row = state.get("nonfinite_total", 0), state.get("nonfinite_in_row", 0)
+        self.best, self.best_name = state.get("best"), state.get("best_name")
+        self.last_eval = state.get("last_eval") or {}
+        ckpt.load_rng(directory, self.rank)
+
+    def save(self, name: Optional[str] = None, is_best: bool = False) -> Optional[Path]:
+        if self.dry_run or self.run_dir is None:
+            return None
+        name = name or f"checkpoint-{self.step}"
+        self.saved_step = self.step
+        root = self.run_dir / "checkpoints"
+        if self.is_main:
+            ckpt.begin(root, name)
+        dist.barrier()
+        ckpt.save_rng(ckpt.tmp_dir(root, name), self.rank)
+        dist.barrier()
+        path = None
+        if self.is_main:
+            optim_state = {
+                "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
+                "schedulers": {n: s.state_dict() for n, s in self.schedulers.items()},
+                "scaler": self.scaler.state_dict() if self.scaler is not None else {},
+            }
+            ckpt.save_main(ckpt.tmp_dir(root, name), self.raw_models, self.emas, optim_state, self.training_state())
+            path = ckpt.commit(root, name)
+            if is_best:
+                self.best_name = name
+                ckpt.write_json_atomic(self.run_dir / "best.json", {"checkpoint": name, "step": self.step, "metric": self.tc.best_metric, "value": self.best})
+            protect = {self.best_name} if self.best_name else set()
+            ckpt.prune(root, self.tc.keep_last, protect)
+            self.last_checkpoint = path
+            self.call_hook("trainhub_checkpoint_saved", run=self.run, step=self.step, path=str(path), is_best=is_best)
+        dist.barrier()
+        return path
+
+    # ---- the loop ----------------------------------------------------------------------------------
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _batches(self) -> Iterator[Any]:
+        """Micro-batches from the resume position on, advancing epochs; tracks position for checkpoints."""
+        while True:
+            self.sampler.set_epoch(self.epoch, start=self.batch_in_epoch * self.tc.batch_size)
+            for batch in self.loader:
+                yield batch
+            yield None  # epoch boundary marker
+
+    def fit(self) -> str:
+        tc = self.tc
+        accum = tc.gradient_accumulation_steps
+        self._install_signals()
+        status = "completed"
+        batches = self._batches()
+        window: dict[str, torch.Tensor] = {}
+        win_steps, win_time, win_data = 0, 0.0, 0.0
+        t_last = time.perf_counter()
+        self.call_hook("trainhub_run_start", run=self.run)
+        try:
+            while self.step < self.max_steps:
+                if self._stop_agreed():
+                    status = "interrupted"
+                    break
+                self.call_hook("trainhub_step_start", run=self.run, step=self.step)
+                t0 = time.perf_counter()
+                micro = []
+                while len(micro) < accum:
+                    b = next(batches)
+                    if b is None:  # epoch ended: drop an incomplete accumulation group
+                        micro = []
+                        self._end_epoch()
+                        continue
+                    micro.append(to_device(b, self.device, self.pin, tc.channels_last))
+                data_time = time.perf_counter() - t0
+                self.batch_in_epoch += accum
+                logs = self._optimizer_step(micro)
+                self.step += 1
+                self.run.step, self.run.epoch = self.step, self.epoch
+                for k, v in logs.items():
+                    window[k] = window[k] + v if k in window else v
+                now = time.perf_counter()
+                win_steps += 1
+                win_time += now - t_last
+                win_data += data_time
+                t_last = now
+                log_now = self.step % tc.log_every == 0 or self.step == self.max_steps
+                metrics: dict[str, float] = {}
+                if log_now:
+                    metrics = self._metrics(window, win_steps, win_time, win_data)
+                    window, win_steps, win_time, win_data = {}, 0, 0.0, 0.0
+                self.call_hook("trainhub_step_end", run=self.run, step=self.step, metrics=metrics)
+                if self.dry_run:
+                    break
+                if tc.eval_every and self.step % tc.eval_every == 0:
+                    self._eval_and_maybe_best()
+                if tc.checkpoint_every and self.step % tc.checkpoint_every == 0:
+                    self.save()
+            if status == "completed" and not self.dry_run:
+                if tc.eval_at_end and not (tc.eval_every and self.step % tc.eval_every == 0):
+                    self._eval_and_maybe_best()
+                if self.saved_step != self.step:
+                    self.save()
+            elif status == "interrupted":
+                path = self.save() if self.saved_step != self.step else self.last_checkpoint
+                if self.is_main and path is not None:
+                    print(f"trainhub: interrupted; checkpoint saved to {path}", flush=True)
+        except BaseException:
+            self.call_hook("trainhub_run_end", run=self.run, status="failed")
+            raise
+        finally:
+            self._restore_signals()
+        self.call_hook("trainhub_run_end", run=self.run, status=status)
+        return status
+
+    def _end_epoch(self) -> None:
+        self.epoch += 1
+        self.batch_in_epoch = 0
+        self.run.epoch = self.epoch
+        if self.tc.checkpoint_every_epoch:
+            self.save(f"checkpoint-epoch-{self.epoch}")
+
+    def _optimizer_step(self, micro: list[Any]) -> dict[str, torch.Tensor]:
+        tc = self.tc
+        accum = len(micro)
+        caches: list[dict[str, Any]] = [{} for _ in micro]
+        logs: dict[str, torch.Tensor] = {}
+        multi = len(self.optimizers) > 1
+        stepped_any = False
+        for oname in self.recipe.optimizer_order:
+            opt = self.optimizers[oname]
+            opt.zero_grad(set_to_none=True)
+            total: Optional[torch.Tensor] = None
+            skipped = False
+            for k, batch in enumerate(micro):
+                ctx = StepContext(self.models, oname, self.step, self.epoch, k, self.device, self.config, caches[k])
+                sync = self._no_sync() if k < accum - 1 else contextlib.nullcontext()
+                with sync:
+                    with self.autocast():
+                        out = self.recipe.train_step(batch, ctx)
+                    loss = out.get("loss") if isinstance(out, dict) else None
+                    if loss is None:
+                        skipped = True
+                        break
+                    scaled = loss.float() / accum
+                    (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+                total = scaled.detach() if total is None else total + scaled.detach()
+                for key, v in out.items():
+                    if key == "loss":
+                        key = f"loss_{oname}" if multi else "loss"
+                        v = loss.detach().float()
+                    elif isinstance(v, torch.Tensor):
+                        v = v.detach().float()
+                    else:
+                        v = torch.tensor(float(v))
+                    v = v / accum
+                    logs[key] = logs[key] + v if key in logs else v
+            if skipped:
+                opt.zero_grad(set_to_none=True)
+                continue
+            if self.scaler is not None:
+                self.scaler.unscale_(opt)
+            params = [p for g in opt.param_groups for p in g["params"]]
+            max_norm = self.specs[oname].max_grad_norm or tc.max_grad_norm
+            gn = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm else float("inf"), foreach=True)
+            ok = bool(torch.isfinite(total).item()) and (self.scaler is not None or bool(torch.isfinite(gn).item()))
+            if not ok:
+                self._nonfinite(oname, total)
+                opt.zero_grad(set_to_none=True)
+                continue
+            if self.scaler is not None:
+                self.scaler.step(opt)
+            else:
+                opt.step()
+            self.schedulers[oname].step()
+            stepped_any = True
+            logs[f"grad_norm_{oname}" if multi else "grad_norm"] = gn.detach().float()
+        if self.scaler is not None:
+            self.scaler.update()
+        if stepped_any:
+            self.nonfinite_in_row = 0
+            self._ema_update()
+        return logs
+
+    def _nonfinite(self, oname: str, total: torch.Tensor) -> None:
+        self.nonfinite_in_row += 1
+        self.nonfinite_total += 1
+        if self.is_main:
+            print(f"trainhub: non-finite loss/gradients at step {self.step} ({oname}); step skipped "
+                  f"({self.nonfinite_in_row} in a row, {self.nonfinite_total} total)", flush=True)
+        if self.nonfinite_in_row >= self.tc.max_nonfinite:
+            last = f"; last good checkpoint: {self.last_checkpoint}" if self.last_checkpoint else ""
+            raise TrainingStopped(
+                f"{self.nonfinite_in_row} non-finite steps in a row at step {self.step} (train.max_nonfinite="
+                f"{self.tc.max_nonfinite}): lower train.lr, check the data, or use precision bf16/fp32{last}"
+            )
+
+    def _no_sync(self) -> contextlib.AbstractContextManager:
+        stack = contextlib.ExitStack()
+        for m in self.models.values():
+            inner = getattr(m, "_orig_mod", m)
+            if isinstance(inner, nn.parallel.DistributedDataParallel):
+                stack.enter_context(inner.no_sync())
+        return stack
+
+    def _ema_update(self) -> None:
+        e = self.tc.ema
+        for name, ema in self.emas.items():
+            if self.step + 1 <= e.start_step:
+                ema.copy_from(self.raw_models[name])
+            elif (self.step + 1) % e.every == 0:
+                ema.update(self.raw_models[name])
+
+    def _metrics(self, window: dict[str, torch.Tensor], n: int, wall: float, data: float) -> dict[str, float]:
+        out = {k: float(v.item()) / n for k, v in window.items()}
+        if self.world > 1:
+            out = dist.all_reduce_mean(out, self.device)
+        self.run.last_losses = {k: v for k, v in out.items() if k.startswith("loss") or not k.startswith(("grad_norm", "lr"))}
+        for name, o in self.optimizers.items():
+            out["lr" if len(self.optimizers) == 1 else f"lr_{name}"] = o.param_groups[0]["lr"]
+        step_time = wall / max(n, 1)
+        out["step_time"] = step_time
+        out["data_time"] = data / max(n, 1)
+        out["samples_per_sec"] = self.tc.batch_size * self.tc.gradient_accumulation_steps * self.world / max(step_time, 1e-9)
+        out["nonfinite_skipped"] = float(self.nonfinite_total)
+        out["epoch"] = float(self.epoch)
+        sysm = system_metrics(self.device)
+        out.update(sysm)
+        if self.is_main:
+            self.watchdog.check(sysm["sys_mem_percent"])
+        return out
+
+    # ---- evaluation --------------------------------------------------------------------------------
+    def eval_models(self) -> dict[str, nn.Module]:
+        if not hasattr(self, "_eval_copies"):
+            self._eval_copies = {n: copy.deepcopy(self.raw_models[n]) for n in self.ema_names}
+        out = {}
+        for n, m in self.raw_models.items():
+            if n in self._eval_copies:
+                self.emas[n].copy_to(self._eval_copies[n])
+                out[n] = self._eval_copies[n]
+            else:
+                out[n] = m
+        return out
+
+    def evaluate(self) -> dict[str, float]:
+        models = self.eval_models()
+        was_training = {n: m.training for n, m in models.items()}
+        for m in models.values():
+            m.eval()
+        media = MediaWriter(self.run_dir / "samples" if self.run_dir else None, self.step, enabled=self.is_main and not self.dry_run)
+        ctx = EvalContext(models, self.val_loader, self.device, self.config, self.step, self.run_dir, self.is_main, self.autocast, media)
+        devices = [self.device] if self.device.type == "cuda" else []
+        py, npy = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=devices), torch.no_grad():  # eval never disturbs the training RNG
+            torch.manual_seed(self.tc.seed + 7919 * self.rank)
+            metrics = self.recipe.evaluate(ctx) or {}
+        random.setstate(py)
+        np.random.set_state(npy)
+        for n, m in models.items():
+            m.train(was_training[n])
+        metrics = dist.all_reduce_mean({k: float(v) for k, v in metrics.items()}, self.device)
+        self.last_eval = metrics
+        if self.is_main:
+            self.call_hook("trainhub_eval_end", run=self.run, step=self.step, metrics=metrics, media=media.items)
+        return metrics
+
+    def _eval_and_maybe_best(self) -> None:
+        metrics = self.evaluate()
+        name = self.tc.best_metric
+        if not name:
+            return
+        if name not in metrics:
+            raise UserError(f"train.best_metric={name!r} is not among the eval metrics: {', '.join(sorted(metrics)) or 'none'}")
+        v = metrics[name]
+        better = self.best is None or (v < self.best if self.tc.best_mode == "min" else v > self.best)
+        if better and math.isfinite(v):
+            self.best = v
+            self.save(is_best=True)
+
+    # ---- signals -----------------------------------------------------------------------------------
+    def _install_signals(self) -> None:
+        self._old_handlers = {}
+        try:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old_handlers[sig] = signal.signal(sig, self._on_signal)
+        except ValueError:  # not the main thread
+            self._old_handlers = {}
+
+    def _restore_signals(self) -> None:
+        for sig, h in self._old_handlers.items():
+            signal.signal(sig, h)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self.stop_requested:  # second signal: stop now
+            raise KeyboardInterrupt
+        self.stop_requested = True
+        if self.is_main:
+            print(f"trainhub: received {signal.Signals(signum).name}; saving a checkpoint after this step", flush=True)
+
+    def _stop_agreed(self) -> bool:
+        return dist.any_true(self.stop_requested, self.device) if self.world > 1 else self.stop_requested
