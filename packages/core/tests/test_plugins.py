@@ -1,0 +1,133 @@
+"""Plugin discovery from really installed distributions (pip --target), broken and duplicate plugins."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from trainhub import hookimpl
+from trainhub.errors import PluginError
+from trainhub.plugins import ENV_ALLOW, ENV_DISABLE, Plugins
+
+HERE = Path(__file__).parent / "plugins"
+
+
+def _pip_install(name: str, target: Path) -> Path:
+    cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target", str(target), str(HERE / name)]
+    subprocess.run(cmd, check=True, capture_output=True)
+    return target
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return {n: _pip_install(n, tmp_path_factory.mktemp(n)) for n in ("good", "broken", "dup")}
+
+
+def _plugins(monkeypatch: pytest.MonkeyPatch, installed: dict[str, Path], *names: str) -> Plugins:
+    for n in names:
+        monkeypatch.syspath_prepend(str(installed[n]))
+    from trainhub import builtin
+
+    p = Plugins()
+    p.add(builtin, "trainhub", "trainhub")
+    p.load_entry_points()
+    return p
+
+
+def test_installed_entry_point_is_discovered(monkeypatch, installed):
+    p = _plugins(monkeypatch, installed, "good")
+    assert p.info["test_good"].distribution == "trainhub-test-good"
+    assert p.info["test_good"].version == "1.2.3"
+    assert p.info["test_good"].registered == {"recipes": ["shifted_tiny"], "losses": ["half_l1"]}
+    assert p.recipe("shifted_tiny").name == "shifted_tiny"
+    assert p.loss("half_l1").__name__ == "HalfL1"
+
+
+def test_broken_plugin_is_reported_and_others_work(monkeypatch, installed):
+    with pytest.warns(UserWarning, match="test_broken.*trainhub-test-broken.*broken on purpose"):
+        p = _plugins(monkeypatch, installed, "good", "broken")
+    assert "test_broken" in p.failed and "broken on purpose" in p.failed["test_broken"]
+    assert p.recipe("shifted_tiny")  # the good one still loaded
+    with pytest.raises(PluginError, match="plugins that failed to load: test_broken"):
+        p.recipe("nonexistent")
+
+
+def test_duplicate_registration_names_both_distributions(monkeypatch, installed):
+    with pytest.raises(PluginError, match="recipe 'tiny' is registered by both 'trainhub'.*'trainhub-test-dup'"):
+        _plugins(monkeypatch, installed, "dup")
+
+
+def test_autoload_can_be_disabled_and_restricted(monkeypatch, installed):
+    monkeypatch.setenv(ENV_DISABLE, "1")
+    p = _plugins(monkeypatch, installed, "good", "broken")
+    assert set(p.info) == {"trainhub"} and not p.failed
+    monkeypatch.delenv(ENV_DISABLE)
+    monkeypatch.setenv(ENV_ALLOW, "test_good")
+    p = _plugins(monkeypatch, installed, "good", "broken")
+    assert set(p.info) == {"trainhub", "test_good"} and not p.failed
+
+
+def test_throwaway_plugin_registers_and_receives_lifecycle_hooks(tmp_path, quiet):
+    """The pytest/llm style: register a plugin object for one test."""
+    from trainhub.plugins import get_plugins
+    from trainhub.run import train
+
+    seen: list[tuple[str, int]] = []
+
+    class Recorder:
+        @hookimpl
+        def trainhub_run_start(self, run):
+            seen.append(("start", run.step))
+
+        @hookimpl
+        def trainhub_step_end(self, run, step, metrics):
+            seen.append(("step", step))
+
+        @hookimpl
+        def trainhub_eval_end(self, run, step, metrics, media):
+            seen.append(("eval", step))
+
+        @hookimpl
+        def trainhub_checkpoint_saved(self, run, step, path, is_best):
+            seen.append(("ckpt", step))
+
+        @hookimpl
+        def trainhub_run_end(self, run, status):
+            seen.append((status, run.step))
+
+    plugins = get_plugins()
+    plugins.pm.register(Recorder(), name="recorder")
+    try:
+        train("tiny", overrides=quiet + ["train.max_steps=4", "train.eval_every=2", "train.best_metric=null"], run_dir=tmp_path / "r")
+    finally:
+        plugins.pm.unregister(name="recorder")
+    assert seen == [("start", 0), ("step", 1), ("step", 2), ("eval", 2), ("step", 3), ("step", 4), ("eval", 4), ("ckpt", 4), ("completed", 4)]
+
+
+def test_failing_hook_names_plugin_and_can_be_disabled(tmp_path, quiet):
+    from trainhub.plugins import get_plugins
+    from trainhub.run import train
+
+    class Bad:
+        calls = 0
+
+        @hookimpl
+        def trainhub_step_end(self, run, step, metrics):
+            Bad.calls += 1
+            raise ValueError("boom")
+
+    plugins = get_plugins()
+    plugins.pm.register(Bad(), name="bad-callback")
+    try:
+        with pytest.raises(RuntimeError, match="plugin 'bad-callback' failed in trainhub_step_end: ValueError: boom"):
+            train("tiny", overrides=quiet + ["train.max_steps=3"], run_dir=tmp_path / "a")
+        Bad.calls = 0  # "stop" left the plugin registered; now it gets disabled after one failure
+        with pytest.warns(UserWarning, match="'bad-callback' failed in trainhub_step_end and is disabled"):
+            res = train("tiny", overrides=quiet + ["train.max_steps=3", "plugin_errors=disable"], run_dir=tmp_path / "b")
+        assert res.status == "completed" and Bad.calls == 1
+    finally:
+        if plugins.pm.has_plugin("bad-callback"):
+            plugins.pm.unregister(name="bad-callback")

@@ -1,0 +1,185 @@
+"""The shared trainer: exact resume, accumulation, atomic checkpoints, signals, non-finite losses."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from trainhub import checkpoint as ckpt
+from trainhub import hookimpl
+from trainhub.builtin import TinyRecipe
+from trainhub.errors import TrainingStopped, UserError
+from trainhub.run import train
+
+
+def _weights(ckpt_dir: Path) -> dict[str, torch.Tensor]:
+    out = {f"model.{k}": v for k, v in load_file(str(ckpt_dir / "model.safetensors")).items()}
+    out.update({f"ema.{k}": v for k, v in load_file(str(ckpt_dir / "ema.safetensors")).items()})
+    opt = ckpt.load_optim_state(ckpt_dir)["optimizers"]["model"]["state"]
+    for i, st in opt.items():
+        for k, v in st.items():
+            out[f"opt.{i}.{k}"] = v
+    return out
+
+
+def _assert_identical(a: Path, b: Path) -> None:
+    wa, wb = _weights(a), _weights(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), f"{k} differs"
+
+
+class StopAt:
+    """Sends this process a real SIGTERM after optimizer step ``n`` (once)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    @hookimpl
+    def trainhub_step_end(self, run, step, metrics):
+        if step == self.n:
+            self.n = -1
+            signal.raise_signal(signal.SIGTERM)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_is_bit_exact_mid_epoch(tmp_path, quiet, workers, trainhub_register):
+    # 64 samples / batch 8 = 8 micro-batches per epoch; accumulation 2 -> 4 steps per epoch.
+    # Stopping at step 6 is mid-epoch (epoch 1, 4 micro-batches in); dropout, augmentation noise,
+    # warmup+cosine LR and EMA all depend on exactly restored state.
+    base = quiet + [f"loader.num_workers={workers}", "data.num_samples=64", "data.val_samples=16", "train.batch_size=8",
+                    "train.gradient_accumulation_steps=2", "train.schedule=cosine", "train.warmup_steps=3",
+                    "train.eval_every=4", "train.deterministic=true", "model.dropout=0.3"]
+    full = train("tiny", overrides=base + ["train.max_steps=12"], run_dir=tmp_path / "full")
+    trainhub_register(StopAt(6))
+    half = train("tiny", overrides=base + ["train.max_steps=12"], run_dir=tmp_path / "half")
+    assert half.status == "interrupted"
+    state = json.loads((half.last_checkpoint / "training_state.json").read_text())
+    assert (state["step"], state["epoch"], state["batch_in_epoch"]) == (6, 1, 4)
+    resumed = train("tiny", overrides=base + ["train.max_steps=12"], run_dir=tmp_path / "half", resume="auto")
+    assert resumed.step == 12
+    _assert_identical(full.last_checkpoint, resumed.last_checkpoint)
+
+
+def test_gradient_accumulation_matches_large_batch(tmp_path, quiet):
+    base = quiet + ["model.dropout=0", "data.num_samples=64", "data.val_samples=0", "train.max_steps=5",
+                    "train.ema.enabled=false", "train.eval_at_end=false", "train.best_metric=null"]
+    big = train("tiny", overrides=base + ["train.batch_size=8"], run_dir=tmp_path / "big")
+    acc = train("tiny", overrides=base + ["train.batch_size=2", "train.gradient_accumulation_steps=4"], run_dir=tmp_path / "acc")
+    wa = load_file(str(big.last_checkpoint / "model.safetensors"))
+    wb = load_file(str(acc.last_checkpoint / "model.safetensors"))
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6)
+
+
+def test_checkpoint_layout_and_keep_last(tmp_path, quiet):
+    res = train("tiny", overrides=quiet + ["train.max_steps=10", "train.checkpoint_every=2", "train.keep_last=2",
+                                           "train.eval_every=5"], run_dir=tmp_path / "r")
+    names = sorted(p.name for p in (res.run_dir / "checkpoints").iterdir())
+    best = json.loads((res.run_dir / "best.json").read_text())["checkpoint"]
+    assert names == sorted({"checkpoint-8", "checkpoint-10", best})
+    files = sorted(p.name for p in res.last_checkpoint.iterdir())
+    assert files == ["ema.safetensors", "model.safetensors", "optimizer.pt", "rng_state_rank0.safetensors", "training_state.json"]
+    torch.load(res.last_checkpoint / "optimizer.pt", weights_only=True)  # no pickle needed
+
+
+def test_crash_during_save_leaves_previous_checkpoint(tmp_path, quiet, monkeypatch):
+    train("tiny", overrides=quiet + ["train.max_steps=4"], run_dir=tmp_path / "r")
+
+    def dying_save(directory, models, emas, optim_state, state):
+        from safetensors.torch import save_model
+
+        save_model(models["model"], str(directory / "model.safetensors"))  # half written, then the "kill"
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ckpt, "save_main", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        train("tiny", overrides=quiet + ["train.max_steps=8"], run_dir=tmp_path / "r", resume="auto")
+    monkeypatch.undo()
+    root = tmp_path / "r" / "checkpoints"
+    assert [p.name for p in root.iterdir() if not p.name.endswith(".tmp")] == ["checkpoint-4"]
+    assert ckpt.latest(root).name == "checkpoint-4"
+    res = train("tiny", overrides=quiet + ["train.max_steps=8"], run_dir=tmp_path / "r", resume="auto")
+    assert res.step == 8 and not list(root.glob("*.tmp"))
+
+
+def test_sigterm_saves_and_exits_zero(tmp_path):
+    cmd = [sys.executable, "-m", "trainhub", "run", "tiny", "--run-dir", str(tmp_path / "r"), "train.max_steps=100000",
+           "train.log_every=1", "loader.num_workers=0", "loggers.console.progress_bar=false", "train.eval_every=0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "r" / "metrics.jsonl"
+    deadline = time.time() + 60
+    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 3):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    saved = ckpt.latest(tmp_path / "r" / "checkpoints")
+    assert saved is not None and f"checkpoint saved to {saved}" in out
+    step = json.loads((saved / "training_state.json").read_text())["step"]
+    assert 3 <= step < 100000
+    assert json.loads(metrics.read_text().splitlines()[-1])["status"] == "interrupted"
+
+
+class NaNAt(TinyRecipe):
+    """Tiny recipe whose loss is NaN on chosen optimizer steps."""
+
+    name = "tiny"
+
+    def __init__(self, bad_steps: set[int]) -> None:
+        self.bad_steps = bad_steps
+
+    def train_step(self, batch, ctx):
+        out = super().train_step(batch, ctx)
+        if ctx.step in self.bad_steps:
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+
+def test_nonfinite_steps_are_skipped_and_counted(tmp_path, quiet):
+    res = train(NaNAt({2, 3}), overrides=quiet + ["train.max_steps=6", "train.log_every=6"], run_dir=tmp_path / "r")
+    assert res.status == "completed" and res.step == 6
+    line = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines() if '"train"' in x][-1]
+    assert line["nonfinite_skipped"] == 2
+    w = load_file(str(res.last_checkpoint / "model.safetensors"))
+    assert all(torch.isfinite(v).all() for v in w.values())
+
+
+def test_too_many_nonfinite_in_a_row_stops_with_clear_message(tmp_path, quiet):
+    with pytest.raises(TrainingStopped, match=r"3 non-finite steps in a row at step 4 \(train.max_nonfinite=3\).*last good checkpoint: .*checkpoint-4"):
+        train(NaNAt({2, 3, 4, 5}), overrides=quiet + ["train.max_steps=10", "train.max_nonfinite=3", "train.checkpoint_every=2"],
+              run_dir=tmp_path / "r")
+    # skipped steps advance the step counter but never the weights: checkpoint-4 holds step-2 weights
+    root = tmp_path / "r" / "checkpoints"
+    assert ckpt.latest(root).name == "checkpoint-4"
+    a, b = load_file(str(root / "checkpoint-2" / "model.safetensors")), load_file(str(root / "checkpoint-4" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) and torch.isfinite(a[k]).all() for k in a)
+
+
+def test_resume_refuses_a_different_batch_layout(tmp_path, quiet):
+    train("tiny", overrides=quiet + ["train.max_steps=2"], run_dir=tmp_path / "r")
+    with pytest.raises(UserError, match="saved with batch_size=32, this run has 16"):
+        train("tiny", overrides=quiet + ["train.max_steps=4", "train.batch_size=16"], run_dir=tmp_path / "r", resume="auto")
+
+
+def test_dry_run_writes_nothing(tmp_path, quiet):
+    os.chdir(tmp_path)
+    res = train("tiny", overrides=quiet + ["train.max_steps=50"], dry_run=True)
+    assert res.step == 1 and not (tmp_path / "runs").exists() and not res.run_dir.exists()
+
+
+def test_epochs_and_linear_schedule(tmp_path, quiet):
+    res = train("tiny", overrides=quiet + ["data.num_samples=64", "train.batch_size=16", "train.epochs=3",
+                                           "train.schedule=linear", "train.log_every=1"], run_dir=tmp_path / "r")
+    assert res.step == 12
+    lrs = [json.loads(x)["lr"] for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines() if '"train"' in x]
+    assert lrs[0] == pytest.approx(3e-3 * (1 - 1 / 12)) and lrs[-1] == pytest.approx(0.0)
