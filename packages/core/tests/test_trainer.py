@@ -71,7 +71,7 @@ def test_resume_is_bit_exact_mid_epoch(tmp_path, quiet, workers, trainhub_regist
 
 
 def test_gradient_accumulation_matches_large_batch(tmp_path, quiet):
-    base = quiet + ["model.dropout=0", "data.num_samples=64", "data.val_samples=0", "train.max_steps=5",
+    base = quiet + ["model.dropout=0", "data.jitter=0", "data.num_samples=64", "data.val_samples=0", "train.max_steps=5",
                     "train.ema.enabled=false", "train.eval_at_end=false", "train.best_metric=null"]
     big = train("tiny", overrides=base + ["train.batch_size=8"], run_dir=tmp_path / "big")
     acc = train("tiny", overrides=base + ["train.batch_size=2", "train.gradient_accumulation_steps=4"], run_dir=tmp_path / "acc")

@@ -20,7 +20,9 @@ from trainhub.recipe import EvalContext, Recipe, StepContext
 class SyntheticRegression(Dataset):
     """``y = sin(x @ W) + noise`` with fixed ``W``: a deterministic dataset for trainer tests and demos."""
 
-    def __init__(self, num_samples: int, dim: int = 8, noise: float = 0.05, seed: int = 0, split_offset: int = 0) -> None:
+    def __init__(self, num_samples: int, dim: int = 8, noise: float = 0.05, seed: int = 0, split_offset: int = 0,
+                 jitter: float = 0.0) -> None:
+        self.jitter = jitter
         g = torch.Generator().manual_seed(seed)
         w = torch.randn(dim, 1, generator=g) / math.sqrt(dim)
         g2 = torch.Generator().manual_seed(seed + 1 + split_offset)
@@ -32,7 +34,9 @@ class SyntheticRegression(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         x = self.x[i]
-        return {"x": x + 0.01 * torch.randn_like(x), "y": self.y[i]}  # tiny augmentation: exercises data RNG
+        if self.jitter:  # input jitter: an augmentation that exercises the data RNG
+            x = x + self.jitter * torch.randn_like(x)
+        return {"x": x, "y": self.y[i]}
 
 
 class TinyMLP(nn.Module):
@@ -61,7 +65,8 @@ class TinyModel(Section):
 class TinyData(Section):
     num_samples: int = Field(2048, ge=1)
     val_samples: int = Field(256, ge=0)
-    noise: float = Field(0.05, ge=0.0)
+    noise: float = Field(0.05, ge=0.0, description="label noise, fixed per sample")
+    jitter: float = Field(0.01, ge=0.0, description="random input jitter per draw (augmentation)")
     loss: str = Field("mse", description="a registered loss name: l1, mse, charbonnier, ...")
 
 
@@ -88,7 +93,7 @@ class TinyRecipe(Recipe):
 
     def build_data(self, config: TinyConfig) -> tuple[Dataset, Optional[Dataset]]:
         d = config.data
-        train = SyntheticRegression(d.num_samples, config.model.dim, d.noise, seed=config.train.seed)
+        train = SyntheticRegression(d.num_samples, config.model.dim, d.noise, seed=config.train.seed, jitter=d.jitter)
         val = SyntheticRegression(d.val_samples, config.model.dim, d.noise, seed=config.train.seed, split_offset=1) if d.val_samples else None
         return train, val
 

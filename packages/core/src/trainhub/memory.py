@@ -11,9 +11,19 @@ import torch
 WARN_PERCENT = 90.0
 
 
+_PROC: tuple[int, psutil.Process] | None = None
+
+
+def _process() -> psutil.Process:
+    global _PROC
+    if _PROC is None or _PROC[0] != os.getpid():
+        _PROC = (os.getpid(), psutil.Process())
+    return _PROC[1]
+
+
 def system_metrics(device: torch.device) -> dict[str, float]:
     """Process RSS, system memory use and CUDA peak allocation, in MB / percent."""
-    proc = psutil.Process(os.getpid())
+    proc = _process()
     vm = psutil.virtual_memory()
     out = {
         "rss_mb": proc.memory_info().rss / 2**20,

@@ -366,7 +366,7 @@ class Trainer:
                     if loss is None:
                         skipped = True
                         break
-                    scaled = loss.float() / accum
+                    scaled = loss.float() / accum if accum > 1 else loss.float()
                     (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
                 total = scaled.detach() if total is None else total + scaled.detach()
                 for key, v in out.items():
@@ -377,7 +377,8 @@ class Trainer:
                         v = v.detach().float()
                     else:
                         v = torch.tensor(float(v))
-                    v = v / accum
+                    if accum > 1:
+                        v = v / accum
                     logs[key] = logs[key] + v if key in logs else v
             if skipped:
                 opt.zero_grad(set_to_none=True)
@@ -387,7 +388,8 @@ class Trainer:
             params = [p for g in opt.param_groups for p in g["params"]]
             max_norm = self.specs[oname].max_grad_norm or tc.max_grad_norm
             gn = torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm else float("inf"), foreach=True)
-            ok = bool(torch.isfinite(total).item()) and (self.scaler is not None or bool(torch.isfinite(gn).item()))
+            # one host sync per optimizer step; the scaler handles inf gradients itself under fp16
+            ok = bool(torch.isfinite(total if self.scaler is not None else total + gn).item())
             if not ok:
                 self._nonfinite(oname, total)
                 opt.zero_grad(set_to_none=True)

@@ -1,0 +1,125 @@
+"""Trainer overhead: the same model, data and optimizer through trainhub and through a hand-written loop.
+
+Both sides: the built-in tiny MLP on SyntheticRegression, AdamW, gradient clipping at 1.0, a
+DataLoader with the same batch size and workers. trainhub additionally does what it always does
+(per-sample seeding for exact resume, metrics, hooks, non-finite checks); EMA, eval and checkpoints
+are off so the comparison is step against step. Prints the median step time of each and the ratio
+(target: trainhub / plain <= 1.05).
+
+    python tools/bench_trainer_overhead.py [--steps 400] [--hidden 512] [--batch 64] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+class StepClock:
+    """Records wall and process-CPU time at the end of every optimizer step (a trainhub plugin)."""
+
+    def __init__(self) -> None:
+        self.marks: list[tuple[float, float]] = []
+
+    def mark(self) -> None:
+        self.marks.append((time.perf_counter(), time.process_time()))
+
+    def trainhub_step_end(self, run, step, metrics) -> None:  # noqa: ANN001
+        self.mark()
+
+    def deltas(self, skip: int) -> tuple[list[float], list[float]]:
+        m = self.marks[skip:]
+        return [b[0] - a[0] for a, b in zip(m, m[1:])], [b[1] - a[1] for a, b in zip(m, m[1:])]
+
+
+def plain_loop(args: argparse.Namespace, device: torch.device, clock: StepClock) -> None:
+    from torch.utils.data import DataLoader
+
+    from trainhub.builtin import SyntheticRegression, TinyMLP
+
+    torch.manual_seed(0)
+    model = TinyMLP(args.dim, args.hidden, args.depth, 0.0).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=True)
+    data = SyntheticRegression(args.samples, args.dim)
+    loader = DataLoader(data, batch_size=args.batch, shuffle=True, drop_last=True, num_workers=args.workers,
+                        persistent_workers=args.workers > 0)
+    step = 0
+    while step < args.steps:
+        for batch in loader:
+            x, y = batch["x"].to(device), batch["y"].to(device)
+            loss = torch.nn.functional.mse_loss(model(x), y)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            clock.mark()
+            step += 1
+            if step >= args.steps:
+                break
+
+
+def trainhub_loop(args: argparse.Namespace, clock: StepClock) -> None:
+    from trainhub import hookimpl
+    from trainhub.plugins import get_plugins
+    from trainhub.run import train
+
+    hookimpl(StepClock.trainhub_step_end)
+    plugins = get_plugins()
+    plugins.pm.register(clock, name="bench-clock")
+
+    with tempfile.TemporaryDirectory() as d:
+        overrides = [
+            f"train.max_steps={args.steps}", f"train.batch_size={args.batch}", f"model.hidden={args.hidden}",
+            f"model.depth={args.depth}", f"model.dim={args.dim}", "model.dropout=0", f"data.num_samples={args.samples}",
+            "data.val_samples=0", "train.ema.enabled=false", "train.eval_at_end=false", "train.best_metric=null",
+            "train.lr=1e-3", "train.log_every=25", "train.fused=false", f"loader.num_workers={args.workers}",
+            "loggers.console.progress_bar=false", f"train.device={args.device}", "train.precision=fp32",
+        ]
+        try:
+            train("tiny", overrides=overrides, run_dir=Path(d) / "run")
+        finally:
+            plugins.pm.unregister(name="bench-clock")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--warmup", type=int, default=50, help="steps excluded from the median")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: least noise from other load)")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--hidden", type=int, default=512)
+    p.add_argument("--depth", type=int, default=3)
+    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--samples", type=int, default=8192)
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--repeats", type=int, default=3, help="alternate the two loops this many times")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    wall = {"plain": [], "trainhub": []}
+    cpu = {"plain": [], "trainhub": []}
+    for _ in range(args.repeats):  # alternate so drift in machine load hits both sides alike
+        for name, fn in (("plain", lambda c: plain_loop(args, device, c)), ("trainhub", lambda c: trainhub_loop(args, c))):
+            clock = StepClock()
+            fn(clock)
+            w, c = clock.deltas(args.warmup)
+            wall[name] += w
+            cpu[name] += c
+    print(f"device {device}, tiny MLP hidden {args.hidden} x{args.depth}, batch {args.batch}, "
+          f"{args.steps} steps x {args.repeats} repeats, {args.threads} thread(s)")
+    for label, table in (("wall", wall), ("process CPU", cpu)):
+        mp, mo = statistics.median(table["plain"]), statistics.median(table["trainhub"])
+        print(f"{label:>12}: plain {mp * 1e3:7.3f} ms/step  trainhub {mo * 1e3:7.3f} ms/step  ratio {mo / mp:.3f}")
+    print("target: ratio <= 1.05")
+
+
+if __name__ == "__main__":
+    main()
