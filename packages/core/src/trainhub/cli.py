@@ -151,7 +151,13 @@ def _launch_torchrun(args: argparse.Namespace) -> int:
         launch += [f"--node-rank={args.node_rank}", "--rdzv-backend=c10d", f"--rdzv-endpoint={args.rdzv_endpoint}"]
     else:
         launch += ["--standalone"]
-    torchrun.main(launch + ["-m", "trainhub"] + inner)
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+
+    try:
+        torchrun.main(launch + ["-m", "trainhub"] + inner)
+    except SignalException as e:
+        # torchrun forwarded the signal to every worker and waited for them: each saved a checkpoint and exited
+        print(f"trainhub: launcher got signal {e.sigval}; workers saved their checkpoint (resume with --resume auto)", file=sys.stderr)
     return 0
 
 

@@ -63,10 +63,12 @@ class HookCaller:
     """Calls a lifecycle hook on each plugin separately so one failing plugin is named and handled:
     ``plugin_errors: stop`` re-raises, ``disable`` warns once and unregisters that plugin for the run."""
 
-    def __init__(self, plugins: Plugins, on_error: str) -> None:
-        self.plugins, self.on_error = plugins, on_error
+    def __init__(self, plugins: Plugins, on_error: str, is_main: bool = True) -> None:
+        self.plugins, self.on_error, self.is_main = plugins, on_error, is_main
 
     def __call__(self, name: str, **kwargs: Any) -> None:
+        if not self.is_main:  # lifecycle hooks run on rank 0 only
+            return
         hook = getattr(self.plugins.pm.hook, name)
         for impl in reversed(hook.get_hookimpls()):
             try:
@@ -171,7 +173,7 @@ def train(
         run_id = ckpt.read_state(load_from).get("run_id") or run_id
     run_id = dist.broadcast_object(run_id)
     info = RunInfo(config, run_dir, rec, {}, device, run_id, resumed=load_from is not None, is_main=is_main)
-    call_hook = HookCaller(plugins, getattr(config, "plugin_errors", "stop"))
+    call_hook = HookCaller(plugins, config.plugin_errors, is_main)
     registered: list[str] = []
     try:
         trainer = Trainer(rec, config, None if dry_run else run_dir, device, call_hook, info, dry_run=dry_run)

@@ -90,6 +90,7 @@ class Trainer:
         self.last_eval: dict[str, float] = {}
         self.last_checkpoint: Optional[Path] = None
         self.saved_step = -1
+        self.saving = False
         self.watchdog = MemoryWatchdog()
         self._build()
 
@@ -230,6 +231,13 @@ class Trainer:
     def save(self, name: Optional[str] = None, is_best: bool = False) -> Optional[Path]:
         if self.dry_run or self.run_dir is None:
             return None
+        self.saving = True  # a second SIGINT/SIGTERM during a save is ignored: the save completes
+        try:
+            return self._save(name, is_best)
+        finally:
+            self.saving = False
+
+    def _save(self, name: Optional[str], is_best: bool) -> Optional[Path]:
         name = name or f"checkpoint-{self.step}"
         self.saved_step = self.step
         root = self.run_dir / "checkpoints"
@@ -518,7 +526,7 @@ class Trainer:
             signal.signal(sig, h)
 
     def _on_signal(self, signum: int, frame: Any) -> None:
-        if self.stop_requested:  # second signal: stop now
+        if self.stop_requested and not self.saving:  # second signal outside a save: stop now
             raise KeyboardInterrupt
         self.stop_requested = True
         if self.is_main:
