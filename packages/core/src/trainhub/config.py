@@ -34,7 +34,10 @@ class EMAConfig(Section):
 class TrainConfig(Section):
     max_steps: int = Field(1000, ge=1, description="optimizer steps (ignored when epochs is set)")
     epochs: Optional[int] = Field(None, ge=1, description="train for this many epochs instead of max_steps")
-    batch_size: int = Field(8, ge=1, description="per-device micro-batch size")
+    batch_size: Union[int, Literal["auto"]] = Field(8, description="per-device micro-batch size, or auto (largest that fits)")
+    global_batch_size: Optional[int] = Field(None, ge=1, description="with batch_size auto: set accumulation to reach it")
+    auto_batch_max: int = Field(1024, ge=1)
+    auto_batch_margin: float = Field(0.05, ge=0.0, lt=1.0, description="fraction taken off the largest fitting batch")
     gradient_accumulation_steps: int = Field(1, ge=1)
     optimizer: Literal["adamw", "adam"] = "adamw"
     lr: float = Field(1e-4, gt=0.0)
@@ -63,6 +66,7 @@ class TrainConfig(Section):
     max_nonfinite: int = Field(5, ge=1, description="consecutive non-finite steps before the run stops")
     compile: bool = False
     channels_last: bool = False
+    measure_flops: bool = Field(True, description="count FLOPs per sample on the first step; logs tflops and mfu (CUDA)")
     strategy: Literal["ddp"] = "ddp"
 
 

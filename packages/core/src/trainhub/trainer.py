@@ -91,11 +91,46 @@ class Trainer:
         self.last_checkpoint: Optional[Path] = None
         self.saved_step = -1
         self.saving = False
+        self.flops_per_sample: Optional[float] = None
+        self._peak: Optional[tuple[float, str]] = None
         self.watchdog = MemoryWatchdog()
         self._build()
 
     # ---- construction ----------------------------------------------------------------------------
     def _build(self) -> None:
+        cfg, tc = self.config, self.tc
+        self.batch_size = tc.batch_size if tc.batch_size != "auto" else 0
+        self.accum = tc.gradient_accumulation_steps
+        self._build_models()
+        train_ds, val_ds = self.recipe.build_data(cfg)
+        self.collate = self.recipe.collate_fn(cfg)
+        if tc.batch_size == "auto":
+            self._auto_batch(train_ds)
+            self._build_models()  # fresh weights and optimizer state after the trial steps
+        self._seed_training()
+        pin = self.config.loader.pin_memory
+        self.pin = (self.device.type == "cuda") if pin is None else pin
+        self.loader, self.sampler = build_loader(train_ds, self.batch_size, cfg.loader, tc.seed, self.rank, self.world, self.pin, self.collate)
+        self.loader.generator = torch.Generator().manual_seed(tc.seed)  # keep the global RNG out of loader start-up
+        self.val_loader = None
+        if val_ds is not None and len(val_ds) > 0:  # type: ignore[arg-type]
+            vcfg = cfg.loader.model_copy(update={"persistent_workers": False})
+            self.val_loader, _ = build_loader(val_ds, self.batch_size, vcfg, tc.seed, self.rank, self.world, self.pin, self.collate, shuffle=False, drop_last=False)
+            self.val_loader.generator = torch.Generator().manual_seed(tc.seed)
+        micro_per_epoch = len(self.sampler) // self.batch_size if self.loader.drop_last else math.ceil(len(self.sampler) / self.batch_size)
+        self.steps_per_epoch = micro_per_epoch // self.accum
+        if self.steps_per_epoch < 1:
+            raise UserError(
+                f"the training set has {len(train_ds)} samples: too few for one optimizer step of "  # type: ignore[arg-type]
+                f"train.batch_size={self.batch_size} x gradient_accumulation_steps={self.accum} x {self.world} processes"
+            )
+        self.max_steps = tc.epochs * self.steps_per_epoch if tc.epochs else tc.max_steps
+        self.schedulers = {
+            n: torch.optim.lr_scheduler.LambdaLR(o, lr_lambda(tc.schedule, self.max_steps, tc.warmup_steps, tc.min_lr_ratio))
+            for n, o in self.optimizers.items()
+        }
+
+    def _build_models(self) -> None:
         cfg, tc = self.config, self.tc
         torch.manual_seed(tc.seed)  # identical model init on every rank
         random.seed(tc.seed)
@@ -122,32 +157,56 @@ class Trainer:
             self.optimizers[oname] = self._make_optimizer(params, spec)
         self.ema_names = tuple(n for n in self.recipe.ema_models(cfg) if n in self.raw_models) if tc.ema.enabled else ()
         self.emas = {n: EMA(self.raw_models[n], tc.ema.decay) for n in self.ema_names}
-
-        train_ds, val_ds = self.recipe.build_data(cfg)
-        pin = self.config.loader.pin_memory
-        self.pin = (self.device.type == "cuda") if pin is None else pin
-        collate = self.recipe.collate_fn(cfg)
-        self.loader, self.sampler = build_loader(train_ds, tc.batch_size, cfg.loader, tc.seed, self.rank, self.world, self.pin, collate)
-        self.loader.generator = torch.Generator().manual_seed(tc.seed)  # keep the global RNG out of loader start-up
-        self.val_loader = None
-        if val_ds is not None and len(val_ds) > 0:  # type: ignore[arg-type]
-            vcfg = cfg.loader.model_copy(update={"persistent_workers": False})
-            self.val_loader, _ = build_loader(val_ds, tc.batch_size, vcfg, tc.seed, self.rank, self.world, self.pin, collate, shuffle=False, drop_last=False)
-            self.val_loader.generator = torch.Generator().manual_seed(tc.seed)
-        micro_per_epoch = len(self.sampler) // tc.batch_size if self.loader.drop_last else math.ceil(len(self.sampler) / tc.batch_size)
-        self.steps_per_epoch = micro_per_epoch // tc.gradient_accumulation_steps
-        if self.steps_per_epoch < 1:
-            raise UserError(
-                f"the training set has {len(train_ds)} samples: too few for one optimizer step of "  # type: ignore[arg-type]
-                f"train.batch_size={tc.batch_size} x gradient_accumulation_steps={tc.gradient_accumulation_steps} x {self.world} processes"
-            )
-        self.max_steps = tc.epochs * self.steps_per_epoch if tc.epochs else tc.max_steps
-        self.schedulers = {
-            n: torch.optim.lr_scheduler.LambdaLR(o, lr_lambda(tc.schedule, self.max_steps, tc.warmup_steps, tc.min_lr_ratio))
-            for n, o in self.optimizers.items()
-        }
         self.scaler = torch.amp.GradScaler(self.device.type, init_scale=tc.fp16_init_scale) if self.precision == "fp16" else None
         self.models = self._wrap(self.raw_models)
+        self.schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler] = {}
+
+    def _seed_training(self) -> None:
+        """Each rank gets its own training RNG stream (dropout masks, diffusion noise differ across ranks)."""
+        s = self.tc.seed + 1_000_003 * self.rank
+        torch.manual_seed(s)
+        random.seed(s)
+        np.random.seed(s % 2**32)
+
+    def _auto_batch(self, train_ds: Any) -> None:
+        from trainhub import autobatch
+        from trainhub.checkpoint import write_json_atomic
+
+        tc = self.tc
+        remembered = self.run_dir / "auto_batch_size.json" if self.run_dir else None
+        if remembered is not None and remembered.is_file():
+            import json
+
+            saved = json.loads(remembered.read_text())
+            self.batch_size, self.accum = saved["batch_size"], saved["gradient_accumulation_steps"]
+            return
+        n = len(train_ds)
+        upper = min(tc.auto_batch_max, n // self.world)
+
+        def trial(b: int) -> None:
+            items = [train_ds[i % n] for i in range(b)]
+            batch = (self.collate or torch.utils.data.default_collate)(items)
+            self.batch_size = b
+            self._optimizer_step_inner([to_device(batch, self.device, False, tc.channels_last)])
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+
+        self.models = self.raw_models  # trial steps without DDP: no collectives, so one rank's OOM cannot hang the others
+        found = autobatch.largest_fitting(trial, upper)
+        found = dist.all_min_int(autobatch.with_margin(found, tc.auto_batch_margin), self.device)
+        if found < 1:
+            raise UserError("batch_size auto: not even one sample fits in memory; reduce the model or use precision bf16")
+        self.batch_size, self.accum = found, tc.gradient_accumulation_steps
+        if tc.global_batch_size:
+            self.batch_size, self.accum = autobatch.accumulation_for(tc.global_batch_size, found, self.world)
+        if self.is_main:
+            print(f"trainhub: batch_size auto -> {self.batch_size} per device (largest fitting {found} before margin "
+                  f"and global batch), gradient_accumulation_steps {self.accum}", flush=True)
+            if remembered is not None:
+                remembered.parent.mkdir(parents=True, exist_ok=True)
+                write_json_atomic(remembered, {"batch_size": self.batch_size, "gradient_accumulation_steps": self.accum, "largest_fitting": found})
+        self.nonfinite_in_row = self.nonfinite_total = 0
+        self.flops_per_sample = None
 
     def _make_optimizer(self, params: list[nn.Parameter], spec: OptimizerSpec) -> torch.optim.Optimizer:
         tc = self.tc
@@ -184,8 +243,8 @@ class Trainer:
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
             "world_size": self.world,
-            "batch_size": self.tc.batch_size,
-            "gradient_accumulation_steps": self.tc.gradient_accumulation_steps,
+            "batch_size": self.batch_size,
+            "gradient_accumulation_steps": self.accum,
             "nonfinite_total": self.nonfinite_total,
             "nonfinite_in_row": self.nonfinite_in_row,
             "best": self.best,
@@ -201,8 +260,8 @@ class Trainer:
         state = ckpt.read_state(directory)
         if state.get("recipe") not in (None, self.recipe.name):
             raise UserError(f"checkpoint {directory} is from recipe {state['recipe']!r}, not {self.recipe.name!r}")
-        for key, now in (("world_size", self.world), ("batch_size", self.tc.batch_size),
-                         ("gradient_accumulation_steps", self.tc.gradient_accumulation_steps)):
+        for key, now in (("world_size", self.world), ("batch_size", self.batch_size),
+                         ("gradient_accumulation_steps", self.accum)):
             if key in state and state[key] != now:
                 raise UserError(
                     f"cannot resume {directory} exactly: it was saved with {key}={state[key]}, this run has {now}; "
@@ -274,14 +333,14 @@ class Trainer:
     def _batches(self) -> Iterator[Any]:
         """Micro-batches from the resume position on, advancing epochs; tracks position for checkpoints."""
         while True:
-            self.sampler.set_epoch(self.epoch, start=self.batch_in_epoch * self.tc.batch_size)
+            self.sampler.set_epoch(self.epoch, start=self.batch_in_epoch * self.batch_size)
             for batch in self.loader:
                 yield batch
             yield None  # epoch boundary marker
 
     def fit(self) -> str:
         tc = self.tc
-        accum = tc.gradient_accumulation_steps
+        accum = self.accum
         self._install_signals()
         status = "completed"
         batches = self._batches()
@@ -353,6 +412,16 @@ class Trainer:
             self.save(f"checkpoint-epoch-{self.epoch}")
 
     def _optimizer_step(self, micro: list[Any]) -> dict[str, torch.Tensor]:
+        if self.flops_per_sample is None and self.tc.measure_flops and not self.tc.compile:
+            from trainhub.throughput import count_flops
+
+            box: dict[str, dict[str, torch.Tensor]] = {}
+            flops = count_flops(lambda: box.update(logs=self._optimizer_step_inner(micro)))
+            self.flops_per_sample = flops / (self.batch_size * len(micro))
+            return box["logs"]
+        return self._optimizer_step_inner(micro)
+
+    def _optimizer_step_inner(self, micro: list[Any]) -> dict[str, torch.Tensor]:
         tc = self.tc
         accum = len(micro)
         caches: list[dict[str, Any]] = [{} for _ in micro]
@@ -406,7 +475,8 @@ class Trainer:
                 self.scaler.step(opt)
             else:
                 opt.step()
-            self.schedulers[oname].step()
+            if oname in self.schedulers:  # absent only during batch-size trial steps
+                self.schedulers[oname].step()
             stepped_any = True
             logs[f"grad_norm_{oname}" if multi else "grad_norm"] = gn.detach().float()
         if self.scaler is not None:
@@ -455,7 +525,18 @@ class Trainer:
         step_time = wall / max(n, 1)
         out["step_time"] = step_time
         out["data_time"] = data / max(n, 1)
-        out["samples_per_sec"] = self.tc.batch_size * self.tc.gradient_accumulation_steps * self.world / max(step_time, 1e-9)
+        out["samples_per_sec"] = self.batch_size * self.accum * self.world / max(step_time, 1e-9)
+        if self.flops_per_sample:
+            out["flops_per_sample"] = self.flops_per_sample
+            out["tflops"] = self.flops_per_sample * out["samples_per_sec"] / 1e12
+            if self._peak is None and self.device.type == "cuda":
+                from trainhub.throughput import device_peak
+
+                self._peak = device_peak(self.device, self.precision)
+            if self._peak:
+                from trainhub.throughput import mfu
+
+                out["mfu"] = mfu(self.flops_per_sample, out["samples_per_sec"], self._peak[0] * self.world)
         out["nonfinite_skipped"] = float(self.nonfinite_total)
         out["epoch"] = float(self.epoch)
         sysm = system_metrics(self.device)

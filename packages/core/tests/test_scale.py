@@ -1,0 +1,76 @@
+"""Scale features on CPU: batch_size auto against a simulated memory limit, compile, MFU arithmetic."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from trainhub import autobatch
+from trainhub.builtin import TinyRecipe
+from trainhub.run import train
+from trainhub.throughput import count_flops, mfu
+
+
+class MemoryLimited(TinyRecipe):
+    """The tiny recipe, but its forward raises the real OOM error type above ``limit`` samples."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.trials: list[int] = []
+
+    def train_step(self, batch, ctx):
+        n = batch["x"].shape[0]
+        self.trials.append(n)
+        if n > self.limit:
+            raise torch.OutOfMemoryError(f"simulated: {n} samples > {self.limit}")
+        return super().train_step(batch, ctx)
+
+
+def test_largest_fitting_searches_powers_then_bisects():
+    calls: list[int] = []
+
+    def trial(b: int) -> None:
+        calls.append(b)
+        if b > 37:
+            raise torch.OutOfMemoryError("no")
+
+    assert autobatch.largest_fitting(trial, 1024) == 37
+    assert calls[:7] == [1, 2, 4, 8, 16, 32, 64]
+    assert autobatch.largest_fitting(lambda b: None, 100) == 100
+    with pytest.raises(ValueError):  # other errors are not swallowed
+        autobatch.largest_fitting(lambda b: (_ for _ in ()).throw(ValueError("bug")), 8)
+
+
+def test_auto_batch_size_finds_limit_keeps_global_batch_and_is_remembered(tmp_path, quiet):
+    recipe = MemoryLimited(24)
+    ov = quiet + ["train.batch_size=auto", "train.global_batch_size=64", "train.max_steps=3", "data.num_samples=512"]
+    res = train(recipe, overrides=ov, run_dir=tmp_path / "r")
+    saved = json.loads((tmp_path / "r" / "auto_batch_size.json").read_text())
+    assert saved["largest_fitting"] == 22  # 24 fits, 25 fails -> 24, minus the 5% margin
+    assert (saved["batch_size"], saved["gradient_accumulation_steps"]) == (22, 3)  # 3 x 22 >= 64
+    state = json.loads((res.last_checkpoint / "training_state.json").read_text())
+    assert (state["batch_size"], state["gradient_accumulation_steps"]) == (22, 3)
+    recipe.trials.clear()
+    train(recipe, overrides=ov + ["train.max_steps=5"], run_dir=tmp_path / "r", resume="auto")
+    assert recipe.trials and set(recipe.trials) == {22}  # no probing on resume
+
+
+def test_compile_on_cpu_trains(tmp_path, quiet):
+    pytest.importorskip("torch._inductor")
+    res = train("tiny", overrides=quiet + ["train.compile=true", "train.max_steps=3", "model.hidden=16"], run_dir=tmp_path / "c")
+    assert res.status == "completed" and res.step == 3
+
+
+def test_flops_and_mfu_arithmetic(tmp_path, quiet):
+    lin = nn.Linear(100, 50, bias=False)
+    x = torch.randn(8, 100, requires_grad=True)
+    assert count_flops(lambda: lin(x).sum().backward()) == 3 * 2 * 8 * 100 * 50  # fwd + grad input + grad weight
+    assert mfu(1e9, 100.0, 1e12) == pytest.approx(0.1)
+    res = train("tiny", overrides=quiet + ["model.dim=8", "model.hidden=64", "model.depth=2", "train.max_steps=5"], run_dir=tmp_path / "f")
+    line = [json.loads(x) for x in (res.run_dir / "metrics.jsonl").read_text().splitlines() if '"train"' in x][-1]
+    # forward 2*(8*64 + 64*64 + 64*1) per sample; backward twice that, minus the input gradient of layer 1
+    assert line["flops_per_sample"] == 3 * 2 * (8 * 64 + 64 * 64 + 64) - 2 * 8 * 64
+    assert line["tflops"] == pytest.approx(line["flops_per_sample"] * line["samples_per_sec"] / 1e12)
