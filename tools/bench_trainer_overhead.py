@@ -19,22 +19,7 @@ from pathlib import Path
 
 import torch
 
-
-class StepClock:
-    """Records wall and process-CPU time at the end of every optimizer step (a trainhub plugin)."""
-
-    def __init__(self) -> None:
-        self.marks: list[tuple[float, float]] = []
-
-    def mark(self) -> None:
-        self.marks.append((time.perf_counter(), time.process_time()))
-
-    def trainhub_step_end(self, run, step, metrics) -> None:  # noqa: ANN001
-        self.mark()
-
-    def deltas(self, skip: int) -> tuple[list[float], list[float]]:
-        m = self.marks[skip:]
-        return [b[0] - a[0] for a, b in zip(m, m[1:])], [b[1] - a[1] for a, b in zip(m, m[1:])]
+from trainhub.throughput import StepClock
 
 
 def plain_loop(args: argparse.Namespace, device: torch.device, clock: StepClock) -> None:
@@ -66,11 +51,9 @@ def plain_loop(args: argparse.Namespace, device: torch.device, clock: StepClock)
 
 
 def trainhub_loop(args: argparse.Namespace, clock: StepClock) -> None:
-    from trainhub import hookimpl
     from trainhub.plugins import get_plugins
     from trainhub.run import train
 
-    hookimpl(StepClock.trainhub_step_end)
     plugins = get_plugins()
     plugins.pm.register(clock, name="bench-clock")
 

@@ -7,6 +7,8 @@ from typing import Callable, Optional
 
 import torch
 
+from trainhub import hookimpl
+
 # Dense peak FLOP/s by device name fragment and precision (vendor datasheets, no sparsity).
 # "fp32" on Ampere/Hopper means TF32 tensor cores, which the trainer enables for fp32 matmuls.
 PEAKS: dict[str, dict[str, float]] = {
@@ -59,3 +61,25 @@ def device_peak(device: torch.device, precision: str) -> Optional[tuple[float, s
 def mfu(flops_per_sample: float, samples_per_sec: float, peak: float) -> float:
     """Model FLOPs utilisation: achieved training FLOP/s over the peak (all ranks: pass the global rate)."""
     return flops_per_sample * samples_per_sec / peak if peak > 0 else 0.0
+
+
+class StepClock:
+    """A plugin recording wall and process-CPU time at the end of every optimizer step (for benchmarks)."""
+
+    def __init__(self, sync: Optional[torch.device] = None) -> None:
+        self.marks: list[tuple[float, float]] = []
+        self.sync = sync
+
+    def mark(self) -> None:
+        if self.sync is not None and self.sync.type == "cuda":
+            torch.cuda.synchronize(self.sync)
+        self.marks.append((time.perf_counter(), time.process_time()))
+
+    @hookimpl
+    def trainhub_step_end(self, run, step, metrics) -> None:  # noqa: ANN001 (hook signature)
+        self.mark()
+
+    def deltas(self, skip: int = 0) -> tuple[list[float], list[float]]:
+        """Per-step (wall, cpu) seconds after dropping the first ``skip`` steps."""
+        m = self.marks[skip:]
+        return [b[0] - a[0] for a, b in zip(m, m[1:])], [b[1] - a[1] for a, b in zip(m, m[1:])]
