@@ -100,3 +100,56 @@ def test_resume_with_another_world_size_is_refused(tmp_path):
     r = _trainhub("run", "tiny", "--nproc-per-node", "2", "--run-dir", str(tmp_path / "r"), "--resume", "auto", *BASE,
                   "train.max_steps=4", "train.batch_size=4")
     assert r.returncode != 0 and "saved with world_size=1, this run has 2" in r.stderr
+
+
+FSDP_SCRIPT = """
+import signal, sys
+from trainhub import hookimpl
+from trainhub.plugins import get_plugins
+from trainhub.run import train
+
+class StopAt:
+    @hookimpl
+    def trainhub_step_end(self, run, step, metrics):
+        if step == int(sys.argv[2]):
+            signal.raise_signal(signal.SIGTERM)
+
+if sys.argv[2] != "0":
+    get_plugins().pm.register(StopAt(), name="stop")
+train("tiny", overrides=sys.argv[4:], run_dir=sys.argv[1], resume=None if sys.argv[3] == "-" else sys.argv[3])
+"""
+
+
+def test_fsdp_resumes_exactly_and_consolidates_to_the_ddp_result(tmp_path):
+    script = tmp_path / "run_fsdp.py"
+    script.write_text(FSDP_SCRIPT)
+    ov = [*BASE, "train.max_steps=6", "train.batch_size=4", "train.eval_every=2", "model.hidden=33"]  # odd rows: uneven shards
+
+    def launch(run_dir, stop, resume, *extra):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script),
+               str(run_dir), str(stop), resume, *ov, *extra]
+        r = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=240)
+        assert r.returncode == 0, r.stderr[-3000:]
+
+    launch(tmp_path / "full", 0, "-", "train.strategy=fsdp")
+    launch(tmp_path / "cut", 3, "-", "train.strategy=fsdp")
+    assert ckpt.latest(tmp_path / "cut" / "checkpoints").name == "checkpoint-3"
+    launch(tmp_path / "cut", 0, "auto", "train.strategy=fsdp")
+    launch(tmp_path / "ddp", 0, "-")
+    full, cut = ckpt.latest(tmp_path / "full" / "checkpoints"), ckpt.latest(tmp_path / "cut" / "checkpoints")
+    files = sorted(p.name for p in full.iterdir())
+    assert "model_shard_rank0.safetensors" in files and "optimizer_rank1.pt" in files and "fsdp_layout.json" in files
+    for ema in (False, True):
+        out_full, out_cut = tmp_path / f"full{ema}.safetensors", tmp_path / f"cut{ema}.safetensors"
+        for src, out in ((full, out_full), (cut, out_cut)):
+            r = _trainhub("export", "--checkpoint", str(src), "--out", str(out), *(["--ema"] if ema else []))
+            assert r.returncode == 0, r.stderr
+        a, b = load_file(str(out_full)), load_file(str(out_cut))
+        assert all(torch.equal(a[k], b[k]) for k in a), "FSDP resume is not exact"
+    ddp = load_file(str(ckpt.latest(tmp_path / "ddp" / "checkpoints") / "model.safetensors"))
+    fsdp_full = load_file(str(tmp_path / "fullFalse.safetensors"))
+    assert fsdp_full.keys() == ddp.keys()
+    for k in ddp:
+        torch.testing.assert_close(fsdp_full[k], ddp[k], rtol=1e-4, atol=1e-5)
+    r = _trainhub("eval", "tiny", "--checkpoint", str(full))  # one process loads the shards consolidated
+    assert r.returncode == 0 and "val_mse" in json.loads(r.stdout), r.stderr

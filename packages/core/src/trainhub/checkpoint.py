@@ -202,6 +202,16 @@ def load_models(directory: Path, models: dict[str, nn.Module], ema: bool = False
     """Load weights (EMA ones when ``ema`` and present) into ``models``; returns the files used."""
     used = []
     for name, m in models.items():
+        if not (directory / model_file(name)).is_file() and (directory / "fsdp_layout.json").is_file():
+            from trainhub.fsdp import consolidate
+
+            has_ema = (directory / ema_file(name).replace(".safetensors", "_shard_rank0.safetensors")).is_file()
+            sd = consolidate(directory, name, ema=ema and has_ema)
+            missing, unexpected = m.load_state_dict(sd, strict=False)
+            if strict and (unexpected or [k for k in missing if k in dict(m.named_parameters())]):
+                raise UserError(f"{directory}: sharded weights do not match model {name!r}")
+            used.append(f"{'ema ' if ema and has_ema else ''}{name} shards (consolidated)")
+            continue
         f = directory / (ema_file(name) if ema else model_file(name))
         if ema and not f.is_file():
             f = directory / model_file(name)

@@ -62,6 +62,11 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("recipe")
     a = sub.add_parser("analyze", help="performance report of a run directory", add_help=False)
     a.add_argument("run_dir", nargs="?")
+    x = sub.add_parser("export", help="write one model of a checkpoint (plain or FSDP-sharded) as a single safetensors file")
+    x.add_argument("--checkpoint", required=True, help="checkpoint or run directory")
+    x.add_argument("--model", default="model", help="model name in the checkpoint (default: model)")
+    x.add_argument("--ema", action="store_true", help="export the EMA weights")
+    x.add_argument("--out", required=True, help="output .safetensors file")
     n = sub.add_parser("new", help="scaffold a new plugin package: trainhub new plugin NAME [--dir D]", add_help=False)
     n.add_argument("what", nargs="?")
     return p
@@ -84,7 +89,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 def _main(argv: list[str]) -> int:
     parser = _parser()
-    known = {"run", "list", "plugins", "config", "doctor", "sample", "eval", "prepare", "analyze", "new"}
+    known = {"run", "list", "plugins", "config", "doctor", "sample", "eval", "prepare", "analyze", "new", "export"}
     if argv and not argv[0].startswith("-") and argv[0] not in known:
         return _recipe_command(argv[0], argv[1:], parser)
     args, rest = parser.parse_known_args(argv)
@@ -284,6 +289,29 @@ def cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
     with torch.no_grad():
         metrics = recipe.evaluate(ctx)
     print(json.dumps({k: float(v) for k, v in metrics.items()}, indent=2))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace, rest: list[str]) -> int:
+    from safetensors.torch import load_file, save_file
+
+    from trainhub import checkpoint as ckpt
+    from trainhub.fsdp import consolidate, is_sharded_checkpoint
+
+    path = ckpt.resolve_checkpoint(args.checkpoint)
+    f = path / (ckpt.ema_file(args.model) if args.ema else ckpt.model_file(args.model))
+    if f.is_file():
+        sd = load_file(str(f))
+    elif is_sharded_checkpoint(path):
+        sd = consolidate(path, args.model, ema=args.ema)
+    else:
+        raise UserError(f"checkpoint {path} has no {'EMA ' if args.ema else ''}weights for model {args.model!r}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp))
+    os.replace(tmp, out)
+    print(f"trainhub: wrote {len(sd)} tensors to {out}", file=sys.stderr)
     return 0
 
 

@@ -67,7 +67,7 @@ class TrainConfig(Section):
     compile: bool = False
     channels_last: bool = False
     measure_flops: bool = Field(True, description="count FLOPs per sample on the first step; logs tflops and mfu (CUDA)")
-    strategy: Literal["ddp"] = "ddp"
+    strategy: Literal["ddp", "fsdp"] = Field("ddp", description="ddp, or fsdp (FSDP2 fully_shard per block; for large models)")
 
 
 class LoaderConfig(Section):

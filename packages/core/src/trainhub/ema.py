@@ -6,13 +6,18 @@ import torch
 from torch import nn
 
 
+def _local(t: torch.Tensor) -> torch.Tensor:
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
 class EMA:
     """``ema = decay * ema + (1 - decay) * param`` for floating parameters; buffers are copied."""
 
     def __init__(self, model: nn.Module, decay: float) -> None:
         self.decay = decay
-        self.params = {n: p.detach().float().clone() for n, p in model.named_parameters()}
-        self.buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
+        # local tensors: under FSDP each rank keeps the EMA of its own shard
+        self.params = {n: _local(p).detach().float().clone() for n, p in model.named_parameters()}
+        self.buffers = {n: _local(b).detach().clone() for n, b in model.named_buffers()}
 
     @torch.no_grad()
     def update(self, model: nn.Module, decay: float | None = None) -> None:
@@ -20,13 +25,13 @@ class EMA:
         names = list(self.params)
         named = dict(model.named_parameters())
         ema = [self.params[n] for n in names]
-        cur = [named[n].detach() for n in names]
+        cur = [_local(named[n]).detach() for n in names]
         if cur and cur[0].dtype != torch.float32:
             cur = [c.float() for c in cur]
         torch._foreach_lerp_(ema, cur, 1.0 - d)
         for n, b in model.named_buffers():
             if n in self.buffers:
-                self.buffers[n].copy_(b)
+                self.buffers[n].copy_(_local(b))
 
     @torch.no_grad()
     def copy_from(self, model: nn.Module) -> None:
@@ -45,7 +50,7 @@ class EMA:
         sd = self.state_dict()
         for n, t in model.state_dict().items():
             if n in sd:
-                t.copy_(sd[n])
+                _local(t).copy_(sd[n])
 
     def to(self, device: torch.device) -> "EMA":
         self.params = {n: t.to(device) for n, t in self.params.items()}

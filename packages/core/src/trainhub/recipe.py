@@ -103,6 +103,12 @@ class Recipe:
         """Models that keep an EMA copy (used for eval and sampling)."""
         return ("model",)
 
+    def fsdp_units(self, model: nn.Module) -> list[nn.Module]:
+        """Sub-modules sharded separately under ``train.strategy: fsdp`` (default: children of ModuleLists)."""
+        from trainhub.fsdp import default_units
+
+        return default_units(model)
+
     def collate_fn(self, config: RunConfig) -> Optional[Callable[[list[Any]], Any]]:
         return None
 

@@ -150,6 +150,14 @@ class Trainer:
         for name in self.trained:
             if name not in self.raw_models:
                 raise TypeError(f"recipe {self.recipe.name!r}: optimizer uses unknown model {name!r}")
+        self.sharded: list[str] = []
+        if tc.strategy == "fsdp" and self.world > 1:  # shard before the optimizers see the parameters
+            from trainhub import fsdp
+
+            for name in self.trained:
+                m = self.raw_models[name]
+                fsdp.shard(m, self.recipe.fsdp_units(m), self.device, self.world, self.amp_dtype)
+                self.sharded.append(name)
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         for oname in order:
             spec = self.specs[oname]
@@ -173,6 +181,9 @@ class Trainer:
         from trainhub.checkpoint import write_json_atomic
 
         tc = self.tc
+        if self.sharded:
+            raise UserError("train.batch_size=auto is not supported with train.strategy=fsdp (trial steps would need every "
+                            "rank in lockstep); set a number")
         remembered = self.run_dir / "auto_batch_size.json" if self.run_dir else None
         if remembered is not None and remembered.is_file():
             import json
@@ -228,7 +239,7 @@ class Trainer:
         out = {}
         for name, m in models.items():
             w: nn.Module = m
-            if self.world > 1 and name in self.trained and any(p.requires_grad for p in m.parameters()):
+            if self.world > 1 and name in self.trained and name not in self.sharded and any(p.requires_grad for p in m.parameters()):
                 ids = [self.device.index] if self.device.type == "cuda" else None
                 w = nn.parallel.DistributedDataParallel(m, device_ids=ids, gradient_as_bucket_view=True)
             if self.tc.compile:
@@ -267,16 +278,25 @@ class Trainer:
                     f"cannot resume {directory} exactly: it was saved with {key}={state[key]}, this run has {now}; "
                     f"resume with the same {key} (start a new run with the checkpoint as init weights otherwise)"
                 )
-        ckpt.load_models(directory, self.raw_models)
+        plain = {n: m for n, m in self.raw_models.items() if n not in self.sharded}
+        ckpt.load_models(directory, plain)
         for name, ema in self.emas.items():
+            if name in self.sharded:
+                continue
             f = directory / ckpt.ema_file(name)
             if f.is_file():
                 from safetensors.torch import load_file
 
                 ema.load_state_dict({k: v.to(self.device) for k, v in load_file(str(f)).items()})
         opt = ckpt.load_optim_state(directory)
-        for n, o in self.optimizers.items():
-            o.load_state_dict(opt["optimizers"][n])
+        if self.sharded:
+            from trainhub import fsdp
+
+            fsdp.load_shards(directory, self.rank, {n: self.raw_models[n] for n in self.sharded},
+                             {n: e for n, e in self.emas.items() if n in self.sharded}, self.optimizers)
+        else:
+            for n, o in self.optimizers.items():
+                o.load_state_dict(opt["optimizers"][n])
         for n, s in self.schedulers.items():
             s.load_state_dict(opt["schedulers"][n])
         if self.scaler is not None and opt.get("scaler"):
@@ -303,16 +323,25 @@ class Trainer:
         if self.is_main:
             ckpt.begin(root, name)
         dist.barrier()
-        ckpt.save_rng(ckpt.tmp_dir(root, name), self.rank)
+        tmp = ckpt.tmp_dir(root, name)
+        ckpt.save_rng(tmp, self.rank)
+        if self.sharded:
+            from trainhub import fsdp
+
+            fsdp.save_shards(tmp, self.rank, {n: self.raw_models[n] for n in self.sharded},
+                             {n: e for n, e in self.emas.items() if n in self.sharded}, self.optimizers)
         dist.barrier()
         path = None
         if self.is_main:
             optim_state = {
-                "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
+                "optimizers": {} if self.sharded else {n: o.state_dict() for n, o in self.optimizers.items()},
                 "schedulers": {n: s.state_dict() for n, s in self.schedulers.items()},
                 "scaler": self.scaler.state_dict() if self.scaler is not None else {},
             }
-            ckpt.save_main(ckpt.tmp_dir(root, name), self.raw_models, self.emas, optim_state, self.training_state())
+            plain = {n: m for n, m in self.raw_models.items() if n not in self.sharded}
+            if self.sharded:
+                fsdp.write_layout(tmp, {n: self.raw_models[n] for n in self.sharded}, self.world)
+            ckpt.save_main(tmp, plain, {n: e for n, e in self.emas.items() if n not in self.sharded}, optim_state, self.training_state())
             path = ckpt.commit(root, name)
             if is_best:
                 self.best_name = name
@@ -547,16 +576,32 @@ class Trainer:
 
     # ---- evaluation --------------------------------------------------------------------------------
     def eval_models(self) -> dict[str, nn.Module]:
+        """EMA weights for eval: copies for plain models, swapped in place for FSDP-sharded ones."""
         if not hasattr(self, "_eval_copies"):
-            self._eval_copies = {n: copy.deepcopy(self.raw_models[n]) for n in self.ema_names}
+            self._eval_copies = {n: copy.deepcopy(self.raw_models[n]) for n in self.ema_names if n not in self.sharded}
         out = {}
+        self._swapped: dict[str, dict[str, torch.Tensor]] = {}
         for n, m in self.raw_models.items():
             if n in self._eval_copies:
                 self.emas[n].copy_to(self._eval_copies[n])
                 out[n] = self._eval_copies[n]
             else:
+                if n in self.sharded and n in self.emas:
+                    from trainhub.fsdp import local
+
+                    self._swapped[n] = {k: local(v).detach().clone() for k, v in m.state_dict().items()}
+                    self.emas[n].copy_to(m)
                 out[n] = m
         return out
+
+    @torch.no_grad()
+    def _unswap(self) -> None:
+        from trainhub.fsdp import local
+
+        for n, saved in self._swapped.items():
+            for k, v in self.raw_models[n].state_dict().items():
+                local(v).copy_(saved[k])
+        self._swapped = {}
 
     def evaluate(self) -> dict[str, float]:
         models = self.eval_models()
@@ -574,6 +619,7 @@ class Trainer:
         np.random.set_state(npy)
         for n, m in models.items():
             m.train(was_training[n])
+        self._unswap()
         metrics = dist.all_reduce_mean({k: float(v) for k, v in metrics.items()}, self.device)
         self.last_eval = metrics
         if self.is_main:
