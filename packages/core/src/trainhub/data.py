@@ -126,6 +126,33 @@ def worker_init(worker_id: int) -> None:
         np.random.seed(s)
 
 
+def shm_free_bytes() -> Optional[int]:
+    """Free bytes in /dev/shm, where DataLoader workers pass batches to the main process (None: no /dev/shm)."""
+    import shutil
+
+    try:
+        return shutil.disk_usage("/dev/shm").free
+    except OSError:
+        return None
+
+
+def batch_bytes(batch: Any) -> int:
+    if isinstance(batch, torch.Tensor):
+        return batch.numel() * batch.element_size()
+    if isinstance(batch, dict):
+        return sum(batch_bytes(v) for v in batch.values())
+    if isinstance(batch, (list, tuple)):
+        return sum(batch_bytes(v) for v in batch)
+    return 0
+
+
+def workers_that_fit(workers: int, prefetch: int, per_batch: int, free: Optional[int], margin: float = 1.5) -> int:
+    """How many workers' prefetched batches fit in ``free`` shared-memory bytes (with a margin)."""
+    if free is None or workers == 0 or per_batch == 0:
+        return workers
+    return min(workers, int(free // (per_batch * prefetch * margin)))
+
+
 def build_loader(
     dataset: Dataset,
     batch_size: int,
@@ -137,12 +164,35 @@ def build_loader(
     collate_fn: Optional[Callable[[list[Any]], Any]] = None,
     shuffle: Optional[bool] = None,
     drop_last: Optional[bool] = None,
+    warn: Optional[Callable[[str, dict[str, Any]], None]] = None,
 ) -> tuple[DataLoader, ResumableSampler]:
+    """A DataLoader over :class:`SeededDataset` with a :class:`ResumableSampler`.
+
+    Before starting workers, one batch's size is measured and ``workers x prefetch_factor`` batches are
+    checked against free /dev/shm (small in containers): workers are reduced with one warning (to 0,
+    loading in-process, if none fit) instead of dying later with "Bus error".
+    """
     shuffle = cfg.shuffle if shuffle is None else shuffle
     drop_last = cfg.drop_last if drop_last is None else drop_last
     sampler = ResumableSampler(len(dataset), shuffle, seed, rank, world, drop_last)  # type: ignore[arg-type]
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     workers = auto_workers(local_world) if cfg.num_workers == "auto" else int(cfg.num_workers)
+    if workers > 0:
+        n = min(batch_size, len(dataset))  # type: ignore[arg-type]
+        per_batch = batch_bytes((collate_fn or torch.utils.data.default_collate)([dataset[i] for i in range(n)]))
+        free = shm_free_bytes()
+        fit = workers_that_fit(workers, cfg.prefetch_factor, per_batch, free)
+        if fit < workers:
+            msg = (f"/dev/shm has {free / 2**20:.0f} MiB free but {workers} workers x prefetch {cfg.prefetch_factor} x "
+                   f"{per_batch / 2**20:.1f} MiB batches need about {workers * cfg.prefetch_factor * per_batch * 1.5 / 2**20:.0f} MiB; "
+                   f"using {fit} workers (enlarge /dev/shm, e.g. docker --shm-size, or lower loader.prefetch_factor)")
+            if warn is not None:
+                warn(msg, {"shm_free_mb": free / 2**20, "batch_mb": per_batch / 2**20, "workers": workers, "workers_used": fit})
+            else:
+                import warnings
+
+                warnings.warn(msg, ResourceWarning, stacklevel=2)
+            workers = fit
     kwargs: dict[str, Any] = {}
     if workers > 0:
         kwargs.update(persistent_workers=cfg.persistent_workers, prefetch_factor=cfg.prefetch_factor, worker_init_fn=worker_init)

@@ -96,5 +96,11 @@ def trainhub_checkpoint_saved(run: Any, step: int, path: str, is_best: bool) -> 
 
 
 @hookspec
+def trainhub_warning(run: Any, step: int, kind: str, message: str, data: dict[str, Any]) -> None:
+    """The trainer noticed something worth a person's attention (``kind``: e.g. ``loss_range``,
+    ``memory``, ``shm``, ``nonfinite``); ``data`` holds the numbers. Logged to metrics.jsonl by default."""
+
+
+@hookspec
 def trainhub_run_end(run: Any, status: str) -> None:
     """The run ends. ``status`` is ``"completed"``, ``"interrupted"`` or ``"failed"``."""

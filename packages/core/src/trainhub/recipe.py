@@ -124,6 +124,11 @@ class Recipe:
         """Metrics on this rank's validation shard (averaged over ranks by the trainer)."""
         return {}
 
+    def loss_ranges(self, config: RunConfig) -> list[Any]:
+        """Expected ranges of loss terms per phase (:class:`trainhub.watch.LossRange`); the trainer warns
+        once per excursion."""
+        return []
+
     def noise_schedule(self, models: dict[str, nn.Module]) -> Optional[dict[str, torch.Tensor]]:
         """Diffusion recipes: named schedule tensors (betas, alphas_cumprod, ...) for the parameter monitor."""
         return None

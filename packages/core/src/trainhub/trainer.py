@@ -94,6 +94,9 @@ class Trainer:
         self.flops_per_sample: Optional[float] = None
         self._peak: Optional[tuple[float, str]] = None
         self.watchdog = MemoryWatchdog()
+        from trainhub.watch import LossWatch
+
+        self.loss_watch = LossWatch(list(recipe.loss_ranges(config)))
         self._build()
 
     # ---- construction ----------------------------------------------------------------------------
@@ -110,7 +113,9 @@ class Trainer:
         self._seed_training()
         pin = self.config.loader.pin_memory
         self.pin = (self.device.type == "cuda") if pin is None else pin
-        self.loader, self.sampler = build_loader(train_ds, self.batch_size, cfg.loader, tc.seed, self.rank, self.world, self.pin, self.collate)
+        self.shm_warnings: list[tuple[str, dict[str, Any]]] = []  # reported through the hook once the run starts
+        self.loader, self.sampler = build_loader(train_ds, self.batch_size, cfg.loader, tc.seed, self.rank, self.world, self.pin,
+                                                 self.collate, warn=lambda m, d: self.shm_warnings.append((m, d)))
         self.loader.generator = torch.Generator().manual_seed(tc.seed)  # keep the global RNG out of loader start-up
         self.val_loader = None
         if val_ds is not None and len(val_ds) > 0:  # type: ignore[arg-type]
@@ -377,6 +382,8 @@ class Trainer:
         win_steps, win_time, win_data = 0, 0.0, 0.0
         t_last = time.perf_counter()
         self.call_hook("trainhub_run_start", run=self.run)
+        for message, data in self.shm_warnings:
+            self.warn("shm", message, data)
         try:
             while self.step < self.max_steps:
                 if self._stop_agreed():
@@ -409,6 +416,8 @@ class Trainer:
                 if log_now:
                     metrics = self._metrics(window, win_steps, win_time, win_data)
                     window, win_steps, win_time, win_data = {}, 0, 0.0, 0.0
+                    for message, data in self.loss_watch.check(self.step, self.epoch, metrics):
+                        self.warn("loss_range", message, data)
                 self.call_hook("trainhub_step_end", run=self.run, step=self.step, metrics=metrics)
                 if self.dry_run:
                     break
@@ -515,6 +524,10 @@ class Trainer:
             self._ema_update()
         return logs
 
+    def warn(self, kind: str, message: str, data: Optional[dict[str, Any]] = None) -> None:
+        """Report a warning through the ``trainhub_warning`` hook (console and metrics.jsonl by default)."""
+        self.call_hook("trainhub_warning", run=self.run, step=self.step, kind=kind, message=message, data=data or {})
+
     def _nonfinite(self, oname: str, total: torch.Tensor) -> None:
         self.nonfinite_in_row += 1
         self.nonfinite_total += 1
@@ -570,8 +583,9 @@ class Trainer:
         out["epoch"] = float(self.epoch)
         sysm = system_metrics(self.device)
         out.update(sysm)
-        if self.is_main:
-            self.watchdog.check(sysm["sys_mem_percent"])
+        if self.is_main and self.watchdog.check(sysm["sys_mem_percent"]):
+            self.warn("memory", f"system memory at {sysm['sys_mem_percent']:.1f}%: lower loader.num_workers, the batch "
+                      "size or dataset caches", {"sys_mem_percent": sysm["sys_mem_percent"]})
         return out
 
     # ---- evaluation --------------------------------------------------------------------------------

@@ -55,6 +55,10 @@ class ConsoleLogger:
         self._print(f"checkpoint saved: {path}" + (" (best)" if is_best else ""))
 
     @hookimpl
+    def trainhub_warning(self, run: Any, step: int, kind: str, message: str, data: dict[str, Any]) -> None:
+        self._print(f"WARNING [{kind}] step {step}: {message}")
+
+    @hookimpl
     def trainhub_run_end(self, run: Any, status: str) -> None:
         if self.bar is not None:
             self.bar.close()

@@ -38,6 +38,10 @@ class JsonlLogger:
         self._write({"kind": "checkpoint", "step": step, "time": time.time(), "path": path, "is_best": is_best})
 
     @hookimpl
+    def trainhub_warning(self, run: Any, step: int, kind: str, message: str, data: dict[str, Any]) -> None:
+        self._write({"kind": "warning", "step": step, "time": time.time(), "warning": kind, "message": message, **data})
+
+    @hookimpl
     def trainhub_run_end(self, run: Any, status: str) -> None:
         self._write({"kind": "end", "step": run.step, "time": time.time(), "status": status})
         self.f.close()
