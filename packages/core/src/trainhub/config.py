@@ -31,6 +31,14 @@ class EMAConfig(Section):
     every: int = Field(1, ge=1, description="update EMA every N optimizer steps")
 
 
+class DataPhase(Section):
+    """From epoch ``from_epoch`` on, train with these ``data`` settings (and optionally batch size)."""
+
+    from_epoch: int = Field(..., ge=0)
+    data: dict[str, Any] = Field(default_factory=dict, description="overrides of the data section, e.g. {crop_size: 256}")
+    batch_size: Optional[int] = Field(None, ge=1)
+
+
 class TrainConfig(Section):
     max_steps: int = Field(1000, ge=1, description="optimizer steps (ignored when epochs is set)")
     epochs: Optional[int] = Field(None, ge=1, description="train for this many epochs instead of max_steps")
@@ -64,6 +72,9 @@ class TrainConfig(Section):
     best_mode: Literal["min", "max"] = "min"
     log_every: int = Field(10, ge=1)
     max_nonfinite: int = Field(5, ge=1, description="consecutive non-finite steps before the run stops")
+    data_schedule: list[DataPhase] = Field(
+        default_factory=list, description="progressive resizing: data settings per epoch range, applied at epoch boundaries"
+    )
     compile: bool = False
     channels_last: bool = False
     measure_flops: bool = Field(True, description="count FLOPs per sample on the first step; logs tflops and mfu (CUDA)")
@@ -77,6 +88,9 @@ class LoaderConfig(Section):
     prefetch_factor: int = Field(2, ge=1)
     drop_last: bool = True
     shuffle: bool = True
+    group_window: Optional[int] = Field(
+        None, ge=1, description="keep samples of a group (a dataset's sample_groups, e.g. video sequences) together in windows of N"
+    )
 
 
 class RunConfig(Section):

@@ -108,6 +108,40 @@ class ResumableSampler(Sampler):
             yield (self.epoch, i)
 
 
+class GroupedSampler(ResumableSampler):
+    """Keeps samples of a group (frames of a video sequence) together, to raise cache hit rates.
+
+    Each epoch shuffles the groups, cuts each group's indices (in order) into windows of ``window``
+    samples and shuffles the windows within the group; ranks take contiguous blocks of that order so
+    a rank's consecutive batches stay inside a sequence. Resumes mid-epoch like its parent.
+    """
+
+    def __init__(self, groups: Any, window: int, shuffle: bool, seed: int, rank: int = 0, world: int = 1, drop_last: bool = True) -> None:
+        super().__init__(len(groups), shuffle, seed, rank, world, drop_last)
+        self.groups = np.asarray(groups)
+        self.window = window
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        g = torch.Generator()
+        g.manual_seed(self.seed * 1_000_003 + self.epoch)
+        ids = np.unique(self.groups)
+        order_ids = [ids[i] for i in torch.randperm(len(ids), generator=g).tolist()] if self.shuffle else list(ids)
+        order: list[int] = []
+        for gid in order_ids:
+            members = np.flatnonzero(self.groups == gid).tolist()
+            windows = [members[i : i + self.window] for i in range(0, len(members), self.window)]
+            if self.shuffle:
+                windows = [windows[i] for i in torch.randperm(len(windows), generator=g).tolist()]
+            for w in windows:
+                order.extend(w)
+        per = self.per_rank()
+        if per * self.world > len(order):
+            order = order + order[: per * self.world - len(order)]
+        mine = order[self.rank * per : (self.rank + 1) * per]
+        for i in mine[self.start :]:
+            yield (self.epoch, i)
+
+
 def auto_workers(local_world_size: int = 1) -> int:
     """``max(0, cpus // local_world_size - 1)``, capped at 8: leaves one core per process for the step."""
     try:
@@ -174,7 +208,11 @@ def build_loader(
     """
     shuffle = cfg.shuffle if shuffle is None else shuffle
     drop_last = cfg.drop_last if drop_last is None else drop_last
-    sampler = ResumableSampler(len(dataset), shuffle, seed, rank, world, drop_last)  # type: ignore[arg-type]
+    groups = getattr(dataset, "sample_groups", None)
+    if cfg.group_window and groups is not None and shuffle:
+        sampler: ResumableSampler = GroupedSampler(groups, cfg.group_window, shuffle, seed, rank, world, drop_last)
+    else:
+        sampler = ResumableSampler(len(dataset), shuffle, seed, rank, world, drop_last)  # type: ignore[arg-type]
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     workers = auto_workers(local_world) if cfg.num_workers == "auto" else int(cfg.num_workers)
     if workers > 0:

@@ -99,6 +99,10 @@ class Recipe:
         """Optimizers by name, one per entry of ``optimizer_order``. Default: one over ``models['model']``."""
         return {"model": OptimizerSpec(models=("model",))}
 
+    def frozen_models(self, config: RunConfig) -> tuple[str, ...]:
+        """Models that are never trained or saved (a distillation teacher, a frozen VAE): eval mode, no grad."""
+        return ()
+
     def ema_models(self, config: RunConfig) -> tuple[str, ...]:
         """Models that keep an EMA copy (used for eval and sampling)."""
         return ("model",)

@@ -105,11 +105,15 @@ class Trainer:
         self.batch_size = tc.batch_size if tc.batch_size != "auto" else 0
         self.accum = tc.gradient_accumulation_steps
         self._build_models()
-        train_ds, val_ds = self.recipe.build_data(cfg)
+        self._prepare_phases()
+        self.phase = self._phase_index(0)
+        train_ds, val_ds = self.recipe.build_data(self._phase_config(self.phase))
         self.collate = self.recipe.collate_fn(cfg)
         if tc.batch_size == "auto":
             self._auto_batch(train_ds)
             self._build_models()  # fresh weights and optimizer state after the trial steps
+        self.base_batch_size = self.batch_size
+        self.batch_size = self._phase_batch_size(self.phase, self.base_batch_size)
         self._seed_training()
         pin = self.config.loader.pin_memory
         self.pin = (self.device.type == "cuda") if pin is None else pin
@@ -122,18 +126,73 @@ class Trainer:
             vcfg = cfg.loader.model_copy(update={"persistent_workers": False})
             self.val_loader, _ = build_loader(val_ds, self.batch_size, vcfg, tc.seed, self.rank, self.world, self.pin, self.collate, shuffle=False, drop_last=False)
             self.val_loader.generator = torch.Generator().manual_seed(tc.seed)
-        micro_per_epoch = len(self.sampler) // self.batch_size if self.loader.drop_last else math.ceil(len(self.sampler) / self.batch_size)
-        self.steps_per_epoch = micro_per_epoch // self.accum
-        if self.steps_per_epoch < 1:
-            raise UserError(
-                f"the training set has {len(train_ds)} samples: too few for one optimizer step of "  # type: ignore[arg-type]
-                f"train.batch_size={self.batch_size} x gradient_accumulation_steps={self.accum} x {self.world} processes"
-            )
-        self.max_steps = tc.epochs * self.steps_per_epoch if tc.epochs else tc.max_steps
+        self.steps_per_epoch = self._steps_per_epoch(self.batch_size, len(train_ds))  # type: ignore[arg-type]
+        if tc.epochs:  # phases may change the batch size: add up each epoch's steps
+            n = len(train_ds)  # type: ignore[arg-type]
+            self.max_steps = sum(self._steps_per_epoch(self._phase_batch_size(self._phase_index(e), self.base_batch_size), n)
+                                 for e in range(tc.epochs))
+        else:
+            self.max_steps = tc.max_steps
         self.schedulers = {
             n: torch.optim.lr_scheduler.LambdaLR(o, lr_lambda(tc.schedule, self.max_steps, tc.warmup_steps, tc.min_lr_ratio))
             for n, o in self.optimizers.items()
         }
+
+    def _steps_per_epoch(self, batch_size: int, n: int) -> int:
+        per_rank = n // self.world if self.config.loader.drop_last else math.ceil(n / self.world)
+        micro = per_rank // batch_size if self.config.loader.drop_last else math.ceil(per_rank / batch_size)
+        steps = micro // self.accum
+        if steps < 1:
+            raise UserError(
+                f"the training set has {n} samples: too few for one optimizer step of train.batch_size={batch_size} x "
+                f"gradient_accumulation_steps={self.accum} x {self.world} processes"
+            )
+        return steps
+
+    # ---- progressive data schedule -------------------------------------------------------------------
+    def _prepare_phases(self) -> None:
+        from pydantic import ValidationError
+
+        from trainhub.config import ConfigError, format_validation_error
+
+        self.phases = sorted(self.tc.data_schedule, key=lambda p: p.from_epoch)
+        self._phase_cfgs: dict[int, RunConfig] = {-1: self.config}
+        data_cls = type(self.config.data)
+        for i, ph in enumerate(self.phases):
+            try:
+                data = data_cls.model_validate({**self.config.data.model_dump(), **ph.data})
+            except ValidationError as e:
+                raise ConfigError(f"train.data_schedule[{i}]: " + format_validation_error(e, data_cls).replace("invalid config: ", "")) from None
+            self._phase_cfgs[i] = self.config.model_copy(update={"data": data})
+
+    def _phase_index(self, epoch: int) -> int:
+        idx = -1
+        for i, ph in enumerate(self.phases):
+            if epoch >= ph.from_epoch:
+                idx = i
+        return idx
+
+    def _phase_config(self, idx: int) -> RunConfig:
+        return self._phase_cfgs[idx]
+
+    def _phase_batch_size(self, idx: int, base: int) -> int:
+        return (self.phases[idx].batch_size or base) if idx >= 0 else base
+
+    def _apply_phase(self, epoch: int) -> None:
+        """Switch data settings at an epoch boundary (or on resume) without rebuilding the trainer."""
+        idx = self._phase_index(epoch)
+        if idx == self.phase:
+            return
+        self.phase = idx
+        self.batch_size = self._phase_batch_size(idx, self.base_batch_size)
+        train_ds, _ = self.recipe.build_data(self._phase_config(idx))
+        self.loader, self.sampler = build_loader(train_ds, self.batch_size, self.config.loader, self.tc.seed, self.rank, self.world,
+                                                 self.pin, self.collate, warn=lambda m, d: self.warn("shm", m, d))
+        self.loader.generator = torch.Generator().manual_seed(self.tc.seed)
+        self.steps_per_epoch = self._steps_per_epoch(self.batch_size, len(train_ds))  # type: ignore[arg-type]
+        if self.is_main:
+            print(f"trainhub: epoch {epoch}: data phase {idx} ({self.phases[idx].data if idx >= 0 else 'base'}), "
+                  f"batch size {self.batch_size}", flush=True)
 
     def _build_models(self) -> None:
         cfg, tc = self.config, self.tc
@@ -147,6 +206,9 @@ class Trainer:
         if tc.channels_last:
             for m in self.raw_models.values():
                 m.to(memory_format=torch.channels_last)
+        self.frozen = tuple(self.recipe.frozen_models(cfg))
+        for name in self.frozen:  # teachers and other fixed networks: eval mode, no gradients, never saved
+            self.raw_models[name].eval().requires_grad_(False)
         self.specs: dict[str, OptimizerSpec] = self.recipe.optimizers(cfg, self.raw_models)
         order = self.recipe.optimizer_order
         if set(order) != set(self.specs):
@@ -276,6 +338,7 @@ class Trainer:
         state = ckpt.read_state(directory)
         if state.get("recipe") not in (None, self.recipe.name):
             raise UserError(f"checkpoint {directory} is from recipe {state['recipe']!r}, not {self.recipe.name!r}")
+        self._apply_phase(state["epoch"])  # a resumed run knows which data phase it is in
         for key, now in (("world_size", self.world), ("batch_size", self.batch_size),
                          ("gradient_accumulation_steps", self.accum)):
             if key in state and state[key] != now:
@@ -283,7 +346,7 @@ class Trainer:
                     f"cannot resume {directory} exactly: it was saved with {key}={state[key]}, this run has {now}; "
                     f"resume with the same {key} (start a new run with the checkpoint as init weights otherwise)"
                 )
-        plain = {n: m for n, m in self.raw_models.items() if n not in self.sharded}
+        plain = {n: m for n, m in self.raw_models.items() if n not in self.sharded and n not in self.frozen}
         ckpt.load_models(directory, plain)
         for name, ema in self.emas.items():
             if name in self.sharded:
@@ -343,7 +406,7 @@ class Trainer:
                 "schedulers": {n: s.state_dict() for n, s in self.schedulers.items()},
                 "scaler": self.scaler.state_dict() if self.scaler is not None else {},
             }
-            plain = {n: m for n, m in self.raw_models.items() if n not in self.sharded}
+            plain = {n: m for n, m in self.raw_models.items() if n not in self.sharded and n not in self.frozen}
             if self.sharded:
                 fsdp.write_layout(tmp, {n: self.raw_models[n] for n in self.sharded}, self.world)
             ckpt.save_main(tmp, plain, {n: e for n, e in self.emas.items() if n not in self.sharded}, optim_state, self.training_state())
@@ -367,6 +430,7 @@ class Trainer:
     def _batches(self) -> Iterator[Any]:
         """Micro-batches from the resume position on, advancing epochs; tracks position for checkpoints."""
         while True:
+            self._apply_phase(self.epoch)
             self.sampler.set_epoch(self.epoch, start=self.batch_in_epoch * self.batch_size)
             for batch in self.loader:
                 yield batch
