@@ -74,3 +74,36 @@ def test_flops_and_mfu_arithmetic(tmp_path, quiet):
     # forward 2*(8*64 + 64*64 + 64*1) per sample; backward twice that, minus the input gradient of layer 1
     assert line["flops_per_sample"] == 3 * 2 * (8 * 64 + 64 * 64 + 64) - 2 * 8 * 64
     assert line["tflops"] == pytest.approx(line["flops_per_sample"] * line["samples_per_sec"] / 1e12)
+
+
+class Blocky(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList([nn.Sequential(nn.Linear(8, 8), nn.GELU()) for _ in range(3)])
+        self.head = nn.Linear(8, 1)
+        self.calls = 0
+
+    def forward(self, x):
+        for b in self.blocks:
+            x = b(x)
+        return self.head(x)
+
+
+def test_activation_checkpointing_recomputes_blocks_with_equal_gradients():
+    from trainhub.recipe import Recipe
+    from trainhub.trainer import checkpoint_blocks
+
+    torch.manual_seed(0)
+    a = Blocky()
+    b = Blocky()
+    b.load_state_dict(a.state_dict())
+    calls = []
+    for blk in Recipe().blocks(b):
+        blk[0].register_forward_hook(lambda m, i, o: calls.append(1))  # inner layers run again in recompute
+    checkpoint_blocks(Recipe().blocks(b))
+    x = torch.randn(4, 8)
+    a(x).sum().backward()
+    b(x).sum().backward()
+    assert len(calls) == 6  # three blocks, each run again during backward
+    for (n, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters()):
+        torch.testing.assert_close(pa.grad, pb.grad)

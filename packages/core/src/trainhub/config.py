@@ -76,6 +76,7 @@ class TrainConfig(Section):
         default_factory=list, description="progressive resizing: data settings per epoch range, applied at epoch boundaries"
     )
     compile: bool = False
+    activation_checkpointing: bool = Field(False, description="recompute each block's activations in backward (Recipe.blocks)")
     channels_last: bool = False
     measure_flops: bool = Field(True, description="count FLOPs per sample on the first step; logs tflops and mfu (CUDA)")
     strategy: Literal["ddp", "fsdp"] = Field("ddp", description="ddp, or fsdp (FSDP2 fully_shard per block; for large models)")

@@ -1,6 +1,6 @@
 """FSDP2 (``fully_shard``) for ``train.strategy: fsdp``: sharding, sharded checkpoints, consolidation.
 
-Each block the recipe names (:meth:`Recipe.fsdp_units`, default: the children of every
+Each block the recipe names (:meth:`Recipe.blocks`, default: the children of every
 ``nn.ModuleList``) and then the whole model are sharded along dim 0 over all ranks. Checkpoints keep
 the shards as they are: ``<model>_shard_rank<R>.safetensors`` (and ``ema_...``), ``optimizer_rank<R>.pt``
 with plain local tensors, and ``fsdp_layout.json`` describing which keys are sharded on which dim, so
@@ -41,11 +41,6 @@ def shard(model: nn.Module, units: Iterable[nn.Module], device: torch.device, wo
         fully_shard(unit, mesh=mesh, mp_policy=mp)
     fully_shard(model, mesh=mesh, mp_policy=mp)
     return model
-
-
-def default_units(model: nn.Module) -> list[nn.Module]:
-    """The children of every ``nn.ModuleList`` (transformer blocks, UNet stages)."""
-    return [child for m in model.modules() if isinstance(m, nn.ModuleList) for child in m]
 
 
 def layout(model: nn.Module) -> dict[str, dict[str, Any]]:

@@ -107,11 +107,10 @@ class Recipe:
         """Models that keep an EMA copy (used for eval and sampling)."""
         return ("model",)
 
-    def fsdp_units(self, model: nn.Module) -> list[nn.Module]:
-        """Sub-modules sharded separately under ``train.strategy: fsdp`` (default: children of ModuleLists)."""
-        from trainhub.fsdp import default_units
-
-        return default_units(model)
+    def blocks(self, model: nn.Module) -> list[nn.Module]:
+        """The repeated blocks of ``model``: the units FSDP shards separately and activation checkpointing
+        recomputes (default: the children of every ``nn.ModuleList``)."""
+        return [child for m in model.modules() if isinstance(m, nn.ModuleList) for child in m]
 
     def collate_fn(self, config: RunConfig) -> Optional[Callable[[list[Any]], Any]]:
         return None

@@ -66,6 +66,24 @@ def to_device(batch: Any, device: torch.device, non_blocking: bool, channels_las
     return batch
 
 
+def checkpoint_blocks(blocks: list[nn.Module]) -> None:
+    """Recompute each block's activations in backward instead of storing them (less memory, ~20% slower)."""
+    import functools
+
+    from torch.utils.checkpoint import checkpoint
+
+    for block in blocks:
+        inner = block.forward
+
+        @functools.wraps(inner)
+        def forward(*args: Any, _inner: Any = inner, **kwargs: Any) -> Any:
+            if not torch.is_grad_enabled():
+                return _inner(*args, **kwargs)
+            return checkpoint(_inner, *args, use_reentrant=False, **kwargs)
+
+        block.forward = forward  # type: ignore[method-assign]
+
+
 class Trainer:
     """Runs a recipe. Construct through :func:`trainhub.run.train`."""
 
@@ -206,6 +224,9 @@ class Trainer:
         if tc.channels_last:
             for m in self.raw_models.values():
                 m.to(memory_format=torch.channels_last)
+        if tc.activation_checkpointing:
+            for name, m in self.raw_models.items():
+                checkpoint_blocks(self.recipe.blocks(m))
         self.frozen = tuple(self.recipe.frozen_models(cfg))
         for name in self.frozen:  # teachers and other fixed networks: eval mode, no gradients, never saved
             self.raw_models[name].eval().requires_grad_(False)
@@ -223,7 +244,7 @@ class Trainer:
 
             for name in self.trained:
                 m = self.raw_models[name]
-                fsdp.shard(m, self.recipe.fsdp_units(m), self.device, self.world, self.amp_dtype)
+                fsdp.shard(m, self.recipe.blocks(m), self.device, self.world, self.amp_dtype)
                 self.sharded.append(name)
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         for oname in order:
