@@ -52,11 +52,8 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sample", help="generate with a trained checkpoint (EMA weights by default)", add_help=False)
     s.add_argument("recipe")
-    e = sub.add_parser("eval", help="evaluate a checkpoint on the recipe's validation data")
+    e = sub.add_parser("eval", help="evaluate a checkpoint on the recipe's validation data", add_help=False)
     e.add_argument("recipe")
-    e.add_argument("--checkpoint", required=True, help="checkpoint or run directory")
-    e.add_argument("--no-ema", action="store_true", help="use the raw weights instead of EMA")
-    e.add_argument("overrides", nargs="*", help="config overrides (e.g. data.root=./val)")
 
     pr = sub.add_parser("prepare", help="prepare a recipe's dataset (recipe-specific arguments)", add_help=False)
     pr.add_argument("recipe")
@@ -101,7 +98,7 @@ def _main(argv: list[str]) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    if args.command in ("sample", "prepare", "analyze", "new"):
+    if args.command in ("sample", "eval", "prepare", "analyze", "new"):
         rest = argv[argv.index(args.command) + 1 :]
     elif rest and args.command != "run":
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
@@ -260,6 +257,14 @@ def cmd_sample(args: argparse.Namespace, rest: list[str]) -> int:
 
 def cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
     import torch
+
+    p = argparse.ArgumentParser(prog="trainhub eval", description="Evaluate a checkpoint on the recipe's validation data; "
+                                "extra key=value arguments override the run's saved config (e.g. data.val_root=./val).")
+    p.add_argument("recipe")
+    p.add_argument("--checkpoint", required=True, help="checkpoint or run directory")
+    p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of EMA")
+    args, overrides = p.parse_known_args(rest)
+    args.overrides = overrides
 
     from trainhub.data import build_loader
     from trainhub.media import MediaWriter

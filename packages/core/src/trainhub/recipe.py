@@ -136,6 +136,11 @@ class Recipe:
         """Diffusion recipes: named schedule tensors (betas, alphas_cumprod, ...) for the parameter monitor."""
         return None
 
+    def load_foreign(self, path: str, models: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer]) -> Optional[int]:
+        """``--resume PATH`` where PATH is not a trainhub checkpoint: load another implementation's
+        checkpoint into ``models``/``optimizers`` and return the step to continue from (None: not ours)."""
+        return None
+
     # ---- other commands ----
     def map_config(self, raw: dict[str, Any], path: Path) -> dict[str, Any]:
         """Convert a foreign config layout (e.g. a reference implementation's JSON) to ours."""

@@ -107,7 +107,10 @@ def _find_resume(resume: Optional[str], run_dir: Optional[Path], config: C.RunCo
                 run_dir = max(runs, key=lambda d: d.stat().st_mtime) if runs else None
         found = ckpt.latest(run_dir / "checkpoints") if run_dir is not None else None
         return found, run_dir
-    path = ckpt.resolve_checkpoint(resume)
+    try:
+        path = ckpt.resolve_checkpoint(resume)
+    except UserError:
+        return None, run_dir  # maybe a foreign checkpoint: the recipe decides (Recipe.load_foreign)
     if run_dir is None:
         run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
     return path, run_dir
@@ -179,6 +182,8 @@ def train(
         trainer = Trainer(rec, config, None if dry_run else run_dir, device, call_hook, info, dry_run=dry_run)
         if load_from is not None:
             trainer.load(load_from)
+        elif resume not in (None, "auto"):
+            trainer.load_foreign(str(resume))
         info.models = trainer.raw_models
         info.max_steps, info.step, info.epoch = trainer.max_steps, trainer.step, trainer.epoch
         if is_main and not dry_run:

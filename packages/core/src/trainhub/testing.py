@@ -9,36 +9,71 @@ Fixtures:
     Train a recipe for a few steps in a temporary directory and check the run directory:
     ``res = run_recipe("myrecipe", steps=3, overrides=[...])`` returns a :class:`trainhub.run.RunResult`
     after asserting that ``config.yaml``, ``metrics.jsonl`` and a complete checkpoint exist.
-
-Helpers: :func:`check_config_schema` validates a recipe's schema and defaults round trip.
+``check_config_schema``
+    ``check_config_schema("myrecipe", files=[path_to_yaml])``: the recipe's config schema is sound
+    (see :func:`assert_config_schema`) and each shipped config file validates against it.
+``read_metrics``
+    ``read_metrics(run_dir, kind="train")``: the records of ``metrics.jsonl`` (optionally of one kind).
+``trainhub_plugins``
+    The process-wide :class:`trainhub.plugins.Plugins` (built-ins plus installed entry points).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 import pytest
 
 FAST = ["loader.num_workers=0", "loggers.console.progress_bar=false", "train.log_every=1"]
 
 
-def check_config_schema(recipe: Any) -> None:
-    """Defaults validate, dump to YAML and load back equal, and the JSON schema builds."""
+def assert_config_schema(recipe: Any, files: Iterable[Any] = ()) -> None:
+    """Check a recipe's config schema (``recipe``: a registered name or a Recipe instance).
+
+    The defaults validate, dump to YAML and load back equal; the JSON schema builds and has the
+    ``train``, ``model``, ``data`` and ``loader`` sections; an unknown key in every section is
+    rejected with an error naming it; and every file in ``files`` (YAML or JSON configs the plugin
+    ships) validates, passing through ``recipe.map_config`` as ``--config`` would.
+    """
     import yaml
+    from pydantic import BaseModel
 
     from trainhub import config as C
+    from trainhub.errors import ConfigError
     from trainhub.plugins import get_plugins
     from trainhub.run import config_class_for
 
-    cls = config_class_for(recipe, get_plugins())
+    plugins = get_plugins()
+    rec = plugins.recipe(recipe) if isinstance(recipe, str) else recipe
+    cls = config_class_for(rec, plugins)
     defaults = cls()
     again = C.validate(cls, yaml.load(C.to_yaml(defaults), Loader=C._Loader))
     assert again == defaults, "defaults do not survive a YAML round trip"
     schema = json.loads(C.json_schema(cls))
     for section in ("train", "model", "data", "loader"):
         assert section in schema["properties"], f"schema lacks section {section!r}"
+    for section, value in defaults:
+        if isinstance(value, BaseModel):
+            with pytest.raises(ConfigError, match=f"unknown key '{section}.no_such_key_'"):
+                C.validate(cls, {section: {"no_such_key_": 1}})
+    for f in files:
+        C.resolve(cls, Path(str(f)), file_mapper=rec.map_config)
+
+
+def read_metrics_file(run_dir: Path, kind: Optional[str] = None) -> list[dict[str, Any]]:
+    """Records of ``<run_dir>/metrics.jsonl``; with ``kind`` ("train", "eval", "checkpoint", ...) only those."""
+    lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(x) for x in lines if x.strip()]
+    return [r for r in records if kind is None or r.get("kind") == kind]
+
+
+@pytest.fixture
+def trainhub_plugins() -> Any:
+    from trainhub.plugins import get_plugins
+
+    return get_plugins()
 
 
 @pytest.fixture
@@ -73,9 +108,19 @@ def run_recipe(tmp_path: Path) -> Callable[..., Any]:
         rd = run_dir or tmp_path / f"run-{getattr(recipe, 'name', recipe)}"
         res = train(recipe, overrides=FAST + [f"train.max_steps={steps}"] + list(overrides or []), run_dir=rd, **kwargs)
         assert (res.run_dir / "config.yaml").is_file()
-        lines = [json.loads(x) for x in (res.run_dir / "metrics.jsonl").read_text().splitlines()]
-        assert any(x["kind"] == "train" for x in lines), "no training metrics were logged"
+        records = read_metrics_file(res.run_dir)
+        assert any(x["kind"] == "train" for x in records), "no training metrics were logged"
         assert res.last_checkpoint is not None and (res.last_checkpoint / "training_state.json").is_file()
         return res
 
     return run
+
+
+@pytest.fixture
+def check_config_schema() -> Callable[..., None]:
+    return assert_config_schema
+
+
+@pytest.fixture
+def read_metrics() -> Callable[..., list[dict[str, Any]]]:
+    return read_metrics_file

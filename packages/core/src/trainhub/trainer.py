@@ -396,6 +396,24 @@ class Trainer:
         self.last_eval = state.get("last_eval") or {}
         ckpt.load_rng(directory, self.rank)
 
+    def load_foreign(self, path: str) -> None:
+        """Continue from another implementation's checkpoint (weights, optimizer, step; RNG and data
+        position are not restored, so this resume is not bit-exact)."""
+        step = self.recipe.load_foreign(path, self.raw_models, self.optimizers)
+        if step is None:
+            raise UserError(f"--resume {path}: neither a trainhub checkpoint/run directory nor a checkpoint recipe "
+                            f"{self.recipe.name!r} can read")
+        self.step = int(step)
+        self.epoch, rest = divmod(self.step, self.steps_per_epoch)
+        self.batch_in_epoch = rest * self.accum
+        for s in self.schedulers.values():
+            s.last_epoch = self.step - 1
+            s.step()
+        for name, ema in self.emas.items():
+            ema.copy_from(self.raw_models[name])
+        if self.is_main:
+            print(f"trainhub: continuing from {path} at step {self.step}", flush=True)
+
     def save(self, name: Optional[str] = None, is_best: bool = False) -> Optional[Path]:
         if self.dry_run or self.run_dir is None:
             return None
@@ -508,7 +526,7 @@ class Trainer:
                     break
                 if tc.eval_every and self.step % tc.eval_every == 0:
                     self._eval_and_maybe_best()
-                if tc.checkpoint_every and self.step % tc.checkpoint_every == 0:
+                if tc.checkpoint_every and self.step % tc.checkpoint_every == 0 and self.saved_step != self.step:
                     self.save()
             if status == "completed" and not self.dry_run:
                 if tc.eval_at_end and not (tc.eval_every and self.step % tc.eval_every == 0):
@@ -535,14 +553,42 @@ class Trainer:
             self.save(f"checkpoint-epoch-{self.epoch}")
 
     def _optimizer_step(self, micro: list[Any]) -> dict[str, torch.Tensor]:
-        if self.flops_per_sample is None and self.tc.measure_flops and not self.tc.compile:
-            from trainhub.throughput import count_flops
-
-            box: dict[str, dict[str, torch.Tensor]] = {}
-            flops = count_flops(lambda: box.update(logs=self._optimizer_step_inner(micro)))
-            self.flops_per_sample = flops / (self.batch_size * len(micro))
-            return box["logs"]
+        if self.flops_per_sample is None and self.tc.measure_flops and not self.tc.compile and not self.sharded:
+            self.flops_per_sample = self._count_flops(micro[0])
         return self._optimizer_step_inner(micro)
+
+    def _count_flops(self, batch: Any) -> float:
+        """FLOPs per sample of one forward+backward of every phase, on throwaway copies of the models.
+
+        Counting inside the real step would run it under a dispatch mode that can pick other kernels
+        (SDPA) and break bit-exact resume; the copies also keep gradients and all RNG streams untouched.
+        """
+        from trainhub.throughput import count_flops
+
+        models = {n: copy.deepcopy(m) for n, m in self.raw_models.items()}
+        cache: dict[str, Any] = {}
+
+        def step() -> None:
+            for oname in self.recipe.optimizer_order:
+                ctx = StepContext(models, oname, self.step, self.epoch, 0, self.device, self.config, cache)
+                with self.autocast():
+                    out = self.recipe.train_step(batch, ctx)
+                if isinstance(out, dict) and out.get("loss") is not None:
+                    out["loss"].float().backward()
+
+        devices = [self.device] if self.device.type == "cuda" else []
+        py, npy = random.getstate(), np.random.get_state()
+        try:
+            with torch.random.fork_rng(devices=devices):
+                flops = count_flops(step)
+        finally:
+            random.setstate(py)
+            np.random.set_state(npy)
+        del models, cache
+        first = next((v for v in (batch.values() if isinstance(batch, dict) else batch if isinstance(batch, (list, tuple)) else [batch])
+                      if isinstance(v, torch.Tensor)), None)
+        n = first.shape[0] if first is not None and first.dim() > 0 else self.batch_size
+        return flops / max(1, n)
 
     def _optimizer_step_inner(self, micro: list[Any]) -> dict[str, torch.Tensor]:
         tc = self.tc

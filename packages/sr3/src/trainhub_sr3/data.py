@@ -1,0 +1,239 @@
+"""SR3 datasets: the reference's paired folders, any folder of HR images degraded on the fly, and an
+embedded default cut from the real photographs scikit-image ships. Items are dicts of CxHxW float
+tensors in [-1, 1]: ``hr``, ``sr`` (bicubic-upsampled LR) and ``lr``."""
+
+from __future__ import annotations
+
+import random
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from trainhub import UserError
+
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+# colour photographs shipped inside scikit-image's wheel (skimage.data), no download needed; the last two validate
+EMBEDDED_PHOTOS = ("coffee", "rocket", "immunohistochemistry", "hubble_deep_field", "stereo_motorcycle", "retina", "astronaut", "chelsea")
+
+
+def _photo(name: str) -> np.ndarray:
+    import skimage.data
+
+    img = getattr(skimage.data, name)()
+    return img[0] if isinstance(img, tuple) else img  # stereo_motorcycle: (left, right, disparity)
+
+
+def list_images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS)
+
+
+def to_tensor(img: Image.Image) -> torch.Tensor:
+    arr = np.asarray(img.convert("RGB"), dtype=np.float32)
+    return torch.from_numpy(arr).permute(2, 0, 1) / 127.5 - 1.0
+
+
+def resize(img: Image.Image, size: int | tuple[int, int]) -> Image.Image:
+    size = (size, size) if isinstance(size, int) else size
+    return img.resize(size, Image.BICUBIC)
+
+
+def resize_and_crop(img: Image.Image, size: int) -> Image.Image:
+    """Shorter side to ``size`` (bicubic), then a centre crop, as the reference's prepare script does."""
+    w, h = img.size
+    if min(w, h) != size:
+        s = size / min(w, h)
+        img = img.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BICUBIC)
+    w, h = img.size
+    left, top = (w - size) // 2, (h - size) // 2
+    return img.crop((left, top, left + size, top + size))
+
+
+def degrade(hr: Image.Image, l_res: int, r_res: int) -> tuple[Image.Image, Image.Image]:
+    """(LR, SR): bicubic down to ``l_res``, and back up to ``r_res``."""
+    lr = resize(hr, l_res)
+    return lr, resize(lr, r_res)
+
+
+class ImageErrors:
+    """Unreadable images: skipped with a counted warning naming each file, or a stop naming it."""
+
+    def __init__(self, on_error: str) -> None:
+        self.on_error = on_error
+        self.skipped: list[str] = []
+
+    def check(self, paths: list[Path]) -> list[Path]:
+        good = []
+        for p in paths:
+            try:
+                with Image.open(p) as im:
+                    im.verify()
+                good.append(p)
+            except Exception as exc:
+                self.bad(p, exc)
+        return good
+
+    def bad(self, path: Path, exc: BaseException) -> None:
+        if self.on_error == "stop":
+            raise UserError(f"unreadable image {path}: {type(exc).__name__}: {exc} (data.on_error=skip skips such files)")
+        self.skipped.append(str(path))
+        warnings.warn(f"skipping unreadable image {path} ({len(self.skipped)} skipped so far): {type(exc).__name__}", stacklevel=2)
+
+
+def _flip(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    return [t.flip(-1) for t in tensors] if random.random() < 0.5 else tensors
+
+
+class PairedFolder(Dataset):
+    """``root/hr_<R>/``, ``root/sr_<r>_<R>/`` and ``root/lr_<r>/`` with the same file names."""
+
+    def __init__(self, root: Path, l_res: int, r_res: int, flips: bool = False, on_error: str = "skip", limit: int = -1) -> None:
+        self.dirs = {"hr": root / f"hr_{r_res}", "sr": root / f"sr_{l_res}_{r_res}", "lr": root / f"lr_{l_res}"}
+        for key in ("hr", "sr"):
+            if not self.dirs[key].is_dir():
+                raise UserError(f"{root}: missing folder {self.dirs[key].name}/ (expected hr_{r_res}/, sr_{l_res}_{r_res}/, "
+                                f"lr_{l_res}/; `trainhub prepare sr3` writes them)")
+        names = {k: {p.name for p in list_images(d)} for k, d in self.dirs.items() if d.is_dir()}
+        missing = sorted(names["hr"] - names["sr"])
+        if missing:
+            raise UserError(f"{root}: {len(missing)} HR images have no matching file in {self.dirs['sr'].name}/, "
+                            f"e.g. {', '.join(missing[:3])}")
+        self.errors = ImageErrors(on_error)
+        hr = self.errors.check([self.dirs["hr"] / n for n in sorted(names["hr"])])
+        self.names = [p.name for p in hr][: limit if limit > 0 else None]
+        self.has_lr = "lr" in names
+        self.flips, self.l_res = flips, l_res
+        if not self.names:
+            raise UserError(f"{root}: no readable images in {self.dirs['hr'].name}/")
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        name = self.names[i]
+        try:
+            hr = Image.open(self.dirs["hr"] / name)
+            sr = Image.open(self.dirs["sr"] / name)
+            lr = Image.open(self.dirs["lr"] / name) if self.has_lr else resize(hr, self.l_res)
+            out = [to_tensor(hr), to_tensor(sr), to_tensor(lr)]
+        except Exception as exc:
+            self.errors.bad(self.dirs["hr"] / name, exc)
+            return self[(i + 1) % len(self)]
+        if self.flips:
+            out = _flip(out)
+        return {"hr": out[0], "sr": out[1], "lr": out[2]}
+
+
+class HRFolder(Dataset):
+    """Any folder of images: random (or centre) ``r_res`` crops, bicubic down to ``l_res`` and back up."""
+
+    def __init__(self, root: Path, l_res: int, r_res: int, train: bool = True, flips: bool = True, on_error: str = "skip", limit: int = -1) -> None:
+        self.errors = ImageErrors(on_error)
+        paths = list_images(root) if root.is_dir() else []
+        self.paths = self.errors.check(paths)[: limit if limit > 0 else None]
+        if not self.paths:
+            raise UserError(f"data.root={root}: no readable images ({', '.join(sorted(IMAGE_EXTS))})")
+        self.l_res, self.r_res, self.train, self.flips = l_res, r_res, train, flips
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        try:
+            img = Image.open(self.paths[i]).convert("RGB")
+        except Exception as exc:
+            self.errors.bad(self.paths[i], exc)
+            return self[(i + 1) % len(self)]
+        if min(img.size) < self.r_res:
+            img = resize_and_crop(img, self.r_res)
+        w, h = img.size
+        if self.train:
+            left, top = random.randint(0, w - self.r_res), random.randint(0, h - self.r_res)
+        else:
+            left, top = (w - self.r_res) // 2, (h - self.r_res) // 2
+        hr = img.crop((left, top, left + self.r_res, top + self.r_res))
+        lr, sr = degrade(hr, self.l_res, self.r_res)
+        out = [to_tensor(hr), to_tensor(sr), to_tensor(lr)]
+        if self.train and self.flips:
+            out = _flip(out)
+        return {"hr": out[0], "sr": out[1], "lr": out[2]}
+
+
+class EmbeddedPhotos(Dataset):
+    """Patches of real photographs from ``skimage.data``: each photo scaled to ``scale_to`` pixels on its
+    short side and cut into ``r_res`` tiles; the last ``val_photos`` photos are the validation set."""
+
+    def __init__(self, l_res: int, r_res: int, split: str, val_photos: int = 2, scale_to: int = 128, flips: bool = True) -> None:
+        names = EMBEDDED_PHOTOS[:-val_photos] if split == "train" else EMBEDDED_PHOTOS[-val_photos:]
+        tiles = []
+        for name in names:
+            img = Image.fromarray(_photo(name)).convert("RGB")
+            w, h = img.size
+            s = scale_to / min(w, h)
+            img = img.resize((round(w * s), round(h * s)), Image.BICUBIC)
+            for top in range(0, img.size[1] - r_res + 1, r_res):
+                for left in range(0, img.size[0] - r_res + 1, r_res):
+                    tiles.append(np.asarray(img.crop((left, top, left + r_res, top + r_res))))
+        self.tiles = np.stack(tiles)  # one array, not a list of objects: cheap to share with workers
+        self.l_res, self.r_res = l_res, r_res
+        self.flips = flips and split == "train"
+
+    def __len__(self) -> int:
+        return len(self.tiles)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        hr = Image.fromarray(self.tiles[i])
+        lr, sr = degrade(hr, self.l_res, self.r_res)
+        out = [to_tensor(hr), to_tensor(sr), to_tensor(lr)]
+        if self.flips:
+            out = _flip(out)
+        return {"hr": out[0], "sr": out[1], "lr": out[2]}
+
+
+def prepare(src: Path, out: Path, l_res: int, r_res: int, on_error: str = "skip", progress: bool = True) -> int:
+    """Write the reference's paired layout (``hr_<R>``, ``lr_<r>``, ``sr_<r>_<R>``) from a folder of images."""
+    import os
+
+    from tqdm.auto import tqdm
+
+    if not src.is_dir():
+        raise UserError(f"--path {src} is not a folder")
+    errors = ImageErrors(on_error)
+    paths = list_images(src)
+    if not paths:
+        raise UserError(f"--path {src}: no images ({', '.join(sorted(IMAGE_EXTS))})")
+    dirs = {k: out / name for k, name in (("hr", f"hr_{r_res}"), ("lr", f"lr_{l_res}"), ("sr", f"sr_{l_res}_{r_res}"))}
+    for d in dirs.values():
+        d.mkdir(parents=True, exist_ok=True)
+    written = 0
+    for i, p in enumerate(tqdm(paths, desc="prepare sr3", unit="img", disable=not progress)):
+        try:
+            img = Image.open(p).convert("RGB")
+        except Exception as exc:
+            errors.bad(p, exc)
+            continue
+        hr = resize_and_crop(img, r_res)
+        lr, sr = degrade(hr, l_res, r_res)
+        name = f"{i:05d}.png"
+        for key, im in (("hr", hr), ("lr", lr), ("sr", sr)):
+            tmp = dirs[key] / f".{name}.tmp"
+            im.save(tmp, format="PNG")
+            os.replace(tmp, dirs[key] / name)
+        written += 1
+    return written
+
+
+def bicubic_sr(lr: torch.Tensor, r_res: int) -> torch.Tensor:
+    """Bicubic upsampling of a batch in [-1, 1] (for inputs given as LR images)."""
+    return torch.nn.functional.interpolate(lr, size=(r_res, r_res), mode="bicubic", align_corners=False).clamp(-1, 1)
+
+
+def open_image(path: Path) -> Optional[Image.Image]:
+    try:
+        return Image.open(path).convert("RGB")
+    except Exception:
+        return None

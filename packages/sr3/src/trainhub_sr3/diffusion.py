@@ -1,0 +1,144 @@
+"""Gaussian diffusion for SR3: beta schedules, respacing, the continuous-noise-level training loss
+and the samplers (ancestral, as the reference, and deterministic DDIM)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+SCHEDULES = ("linear", "cosine", "quad", "warmup10", "warmup50", "const", "jsd")
+
+
+def make_betas(schedule: str, n: int, linear_start: float = 1e-4, linear_end: float = 2e-2, cosine_s: float = 8e-3) -> np.ndarray:
+    """The seven beta schedules of the reference SR3 code, in float64."""
+    if schedule == "linear":
+        return np.linspace(linear_start, linear_end, n, dtype=np.float64)
+    if schedule == "quad":
+        return np.linspace(linear_start**0.5, linear_end**0.5, n, dtype=np.float64) ** 2
+    if schedule in ("warmup10", "warmup50"):
+        betas = linear_end * np.ones(n, dtype=np.float64)
+        warm = int(n * (0.1 if schedule == "warmup10" else 0.5))
+        betas[:warm] = np.linspace(linear_start, linear_end, warm, dtype=np.float64)
+        return betas
+    if schedule == "const":
+        return linear_end * np.ones(n, dtype=np.float64)
+    if schedule == "jsd":  # 1/T, 1/(T-1), ..., 1
+        return 1.0 / np.linspace(n, 1, n, dtype=np.float64)
+    if schedule == "cosine":
+        t = np.arange(n + 1, dtype=np.float64) / n + cosine_s
+        alphas = np.cos(t / (1 + cosine_s) * math.pi / 2) ** 2
+        alphas = alphas / alphas[0]
+        return np.clip(1 - alphas[1:] / alphas[:-1], None, 0.999)
+    raise ValueError(f"unknown beta schedule {schedule!r}; allowed: {', '.join(SCHEDULES)}")
+
+
+def respace(betas: np.ndarray, steps: int) -> np.ndarray:
+    """Betas of a ``steps``-step chain visiting evenly spaced timesteps of ``betas`` with the same
+    cumulative alphas there (so x_t has the same marginal distribution at every kept step)."""
+    ac = np.cumprod(1.0 - betas)
+    if steps >= len(betas):
+        return betas.copy()
+    keep = np.unique(np.round(np.linspace(0, len(betas) - 1, steps)).astype(np.int64))
+    kept = ac[keep]
+    prev = np.concatenate([[1.0], kept[:-1]])
+    return 1.0 - kept / prev
+
+
+@dataclass
+class Schedule:
+    """Precomputed quantities of one beta schedule (float64 numpy, small)."""
+
+    betas: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.alphas_cumprod = np.cumprod(1.0 - self.betas)
+        self.alphas_cumprod_prev = np.append(1.0, self.alphas_cumprod[:-1])
+        self.sqrt_alphas_cumprod_prev = np.sqrt(np.append(1.0, self.alphas_cumprod))  # gamma levels 0..T
+        self.posterior_variance = self.betas * (1.0 - self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
+        self.posterior_log_variance_clipped = np.log(np.maximum(self.posterior_variance, 1e-20))
+        self.posterior_mean_coef1 = self.betas * np.sqrt(self.alphas_cumprod_prev) / (1.0 - self.alphas_cumprod)
+        self.posterior_mean_coef2 = (1.0 - self.alphas_cumprod_prev) * np.sqrt(1.0 - self.betas) / (1.0 - self.alphas_cumprod)
+
+    @property
+    def steps(self) -> int:
+        return len(self.betas)
+
+    def buffers(self) -> dict[str, torch.Tensor]:
+        """The schedule tensors under the reference's buffer names (for its checkpoint format and the param monitor)."""
+        ac = self.alphas_cumprod
+        out = {
+            "betas": self.betas, "alphas_cumprod": ac, "alphas_cumprod_prev": self.alphas_cumprod_prev,
+            "sqrt_alphas_cumprod": np.sqrt(ac), "sqrt_one_minus_alphas_cumprod": np.sqrt(1 - ac),
+            "log_one_minus_alphas_cumprod": np.log(1 - ac), "sqrt_recip_alphas_cumprod": np.sqrt(1 / ac),
+            "sqrt_recipm1_alphas_cumprod": np.sqrt(1 / ac - 1), "posterior_variance": self.posterior_variance,
+            "posterior_log_variance_clipped": self.posterior_log_variance_clipped,
+            "posterior_mean_coef1": self.posterior_mean_coef1, "posterior_mean_coef2": self.posterior_mean_coef2,
+        }
+        return {k: torch.tensor(v, dtype=torch.float32) for k, v in out.items()}
+
+
+def training_loss(
+    net: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    hr: torch.Tensor,
+    sr: torch.Tensor,
+    schedule: Schedule,
+    loss_type: str = "l1",
+    residual: bool = False,
+) -> torch.Tensor:
+    """SR3's objective: one timestep t per batch, then sqrt(gamma) per sample uniformly between the
+    schedule's levels at t-1 and t; noise the target, predict the noise, L1 (or L2) mean over pixels.
+
+    ``residual``: diffuse ``hr - sr`` (the detail bicubic misses) instead of ``hr``.
+    """
+    b = hr.shape[0]
+    x0 = hr - sr if residual else hr
+    t = int(torch.randint(1, schedule.steps + 1, ()).item())
+    lo, hi = schedule.sqrt_alphas_cumprod_prev[t - 1], schedule.sqrt_alphas_cumprod_prev[t]
+    level = (lo + (hi - lo) * torch.rand(b, device=hr.device, dtype=torch.float64)).float()
+    noise = torch.randn_like(x0)
+    g = level.view(b, 1, 1, 1)
+    noisy = g * x0 + (1 - g**2).sqrt() * noise
+    pred = net(torch.cat([sr, noisy], dim=1), level)
+    err = pred.float() - noise.float()
+    return err.abs().mean() if loss_type == "l1" else err.pow(2).mean()
+
+
+@torch.no_grad()
+def sample(
+    net: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    sr: torch.Tensor,
+    schedule: Schedule,
+    sampler: str = "ancestral",
+    residual: bool = False,
+    generator: Optional[torch.Generator] = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Super-resolve: start from noise, denoise through every step of ``schedule`` (clipping x0 to [-1, 1])."""
+    from tqdm.auto import tqdm
+
+    x = torch.randn(sr.shape, generator=generator, device="cpu").to(sr.device, sr.dtype)
+    steps = range(schedule.steps - 1, -1, -1)
+    for t in tqdm(steps, desc="sampling", disable=not progress, leave=False):
+        level = torch.full((sr.shape[0],), float(schedule.sqrt_alphas_cumprod_prev[t + 1]), device=sr.device)
+        eps = net(torch.cat([sr, x], dim=1), level).float()
+        ac = schedule.alphas_cumprod[t]
+        x0 = (x.float() / math.sqrt(ac) - math.sqrt(1 / ac - 1) * eps)
+        x0 = (x0 + sr).clamp(-1, 1) - sr if residual else x0.clamp(-1, 1)
+        if sampler == "ddim":
+            ac_prev = schedule.alphas_cumprod_prev[t]
+            eps = (x.float() - math.sqrt(ac) * x0) / math.sqrt(1 - ac)
+            x = math.sqrt(ac_prev) * x0 + math.sqrt(1 - ac_prev) * eps
+        else:
+            mean = schedule.posterior_mean_coef1[t] * x0 + schedule.posterior_mean_coef2[t] * x.float()
+            if t > 0:
+                noise = torch.randn(x.shape, generator=generator, device="cpu").to(x.device)
+                x = mean + math.exp(0.5 * schedule.posterior_log_variance_clipped[t]) * noise
+            else:
+                x = mean
+        x = x.to(sr.dtype)
+    out = x.float() + sr.float() if residual else x.float()
+    return out.clamp(-1, 1)

@@ -1,0 +1,251 @@
+"""The ``sr3`` recipe: SR3 diffusion super-resolution on the shared trainer.
+
+    trainhub run sr3                                   embedded default: photos from scikit-image, 8 -> 32
+    trainhub run sr3 --config sr_sr3_16_128.json       the reference's JSON config, mapped onto this schema
+    trainhub prepare sr3 --path photos/ --out data/ --sizes 16,128
+    trainhub sample sr3 --checkpoint runs/sr3/NAME --input low_res.png --steps 100
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import torch
+from pydantic import Field
+from torch import nn
+from torch.utils.data import Dataset
+
+from trainhub import EvalContext, Recipe, RunConfig, Section, StepContext, TrainConfig, UserError
+from trainhub.media import make_grid
+
+from trainhub_sr3 import compat
+from trainhub_sr3.data import EmbeddedPhotos, HRFolder, PairedFolder, bicubic_sr, list_images, open_image, prepare, to_tensor
+from trainhub_sr3.diffusion import SCHEDULES, Schedule, make_betas, respace, sample, training_loss
+from trainhub_sr3.metrics import psnr, ssim
+
+
+class UNetConfig(Section):
+    """Defaults: a small UNet for the embedded CPU run; configs/sr3_16_128.yaml has the paper's."""
+
+    in_channel: int = 6
+    out_channel: int = 3
+    inner_channel: int = Field(32, ge=1)
+    norm_groups: int = Field(8, ge=1)
+    channel_multiplier: list[int] = [1, 2, 2]
+    attn_res: list[int] = [8]
+    res_blocks: int = Field(1, ge=1)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    image_size: int = Field(32, ge=8, description="resolution the attention levels (attn_res) refer to")
+
+
+class BetaSchedule(Section):
+    schedule: Literal["linear", "cosine", "quad", "warmup10", "warmup50", "const", "jsd"] = "linear"
+    n_timestep: int = Field(1000, ge=1)
+    linear_start: float = Field(1e-6, gt=0.0)
+    linear_end: float = Field(1e-2, gt=0.0)
+
+
+class BetaSchedules(Section):
+    train: BetaSchedule = BetaSchedule()
+    val: Optional[BetaSchedule] = Field(None, description="explicit eval schedule; default: the train schedule respaced to eval_steps")
+
+
+class SR3Model(Section):
+    name: str = Field("sr3-unet", description="a registered model name")
+    unet: UNetConfig = UNetConfig()
+    beta_schedule: BetaSchedules = BetaSchedules()
+    eval_steps: int = Field(100, ge=1, description="sampling steps for eval and inference (respaced)")
+    loss: Literal["l1", "l2"] = "l1"
+    residual: bool = Field(True, description="diffuse HR minus the bicubic upsampling (SRDiff-style); false = the reference's "
+                           "objective, needed for its weights")
+    sampler: Literal["ancestral", "ddim"] = "ancestral"
+
+
+class SR3Data(Section):
+    source: Literal["embedded", "paired", "folder"] = Field("embedded", description="embedded photos, prepared pairs, or any image folder")
+    root: Optional[str] = Field(None, description="paired: folder with hr_<R>/ sr_<r>_<R>/ lr_<r>/; folder: HR images")
+    val_root: Optional[str] = Field(None, description="validation folder (same layout); default: a split of the embedded photos or none")
+    l_resolution: int = Field(8, ge=2)
+    r_resolution: int = Field(32, ge=4)
+    flips: bool = True
+    on_error: Literal["skip", "stop"] = Field("skip", description="an unreadable image is skipped with a warning, or stops the run")
+    train_len: int = Field(-1, description="use at most N training images (-1: all)")
+    val_len: int = Field(8, description="evaluate on at most N validation images (-1: all)")
+
+
+class SR3Config(RunConfig):
+    model: SR3Model = SR3Model()
+    data: SR3Data = SR3Data()
+    train: TrainConfig = TrainConfig(
+        lr=2e-4, weight_decay=1e-2, batch_size=16, max_steps=1500, eval_every=500, checkpoint_every=500,
+        best_metric="psnr", best_mode="max", ema=dict(decay=0.995), log_every=25,
+    )
+
+
+def build_unet(cfg: SR3Model) -> nn.Module:
+    from trainhub.plugins import get_plugins
+
+    u = cfg.unet
+    return get_plugins().model(cfg.name)(
+        in_channel=u.in_channel, out_channel=u.out_channel, inner_channel=u.inner_channel, norm_groups=u.norm_groups,
+        channel_multiplier=u.channel_multiplier, attn_res=u.attn_res, res_blocks=u.res_blocks, dropout=u.dropout,
+        image_size=u.image_size,
+    )
+
+
+def schedules(cfg: SR3Model, eval_steps: Optional[int] = None) -> tuple[Schedule, Schedule]:
+    """(train schedule, eval schedule): eval is the explicit val schedule, or train respaced to ``eval_steps``."""
+    t = cfg.beta_schedule.train
+    train = Schedule(make_betas(t.schedule, t.n_timestep, t.linear_start, t.linear_end))
+    v = cfg.beta_schedule.val
+    if v is not None and eval_steps is None:
+        return train, Schedule(make_betas(v.schedule, v.n_timestep, v.linear_start, v.linear_end))
+    return train, Schedule(respace(train.betas, eval_steps or cfg.eval_steps))
+
+
+class SR3Recipe(Recipe):
+    name = "sr3"
+    description = "SR3 diffusion super-resolution (reference-compatible weights and configs)"
+    config_class = SR3Config
+
+    def build_models(self, config: SR3Config) -> dict[str, nn.Module]:
+        u = config.model.unet
+        if u.in_channel != 2 * u.out_channel:
+            raise UserError(f"model.unet.in_channel={u.in_channel} must be 2 x out_channel={u.out_channel} (LR image + noisy HR)")
+        if any(u.inner_channel * m % u.norm_groups for m in u.channel_multiplier):
+            raise UserError(f"model.unet.norm_groups={u.norm_groups} must divide inner_channel x every channel_multiplier")
+        return {"model": build_unet(config.model)}
+
+    def build_data(self, config: SR3Config) -> tuple[Dataset, Optional[Dataset]]:
+        d = config.data
+        if d.r_resolution % d.l_resolution:
+            raise UserError(f"data.r_resolution={d.r_resolution} must be a multiple of data.l_resolution={d.l_resolution}")
+        if d.source == "embedded":
+            return (EmbeddedPhotos(d.l_resolution, d.r_resolution, "train", flips=d.flips),
+                    EmbeddedPhotos(d.l_resolution, d.r_resolution, "val"))
+        if not d.root:
+            raise UserError(f"data.source={d.source} needs data.root (a folder)")
+        root = Path(d.root)
+        if not root.is_dir():
+            raise UserError(f"data.root={root} is not a folder")
+        if d.source == "paired":
+            train: Dataset = PairedFolder(root, d.l_resolution, d.r_resolution, d.flips, d.on_error, d.train_len)
+        else:
+            train = HRFolder(root, d.l_resolution, d.r_resolution, True, d.flips, d.on_error, d.train_len)
+        val = None
+        if d.val_root:
+            vroot = Path(d.val_root)
+            if not vroot.is_dir():
+                raise UserError(f"data.val_root={vroot} is not a folder")
+            paired = (vroot / f"hr_{d.r_resolution}").is_dir()
+            val = (PairedFolder(vroot, d.l_resolution, d.r_resolution, False, d.on_error) if paired
+                   else HRFolder(vroot, d.l_resolution, d.r_resolution, False, False, d.on_error))
+        if val is not None and d.val_len > 0 and len(val) > d.val_len:
+            val = torch.utils.data.Subset(val, range(d.val_len))
+        return train, val
+
+    def train_step(self, batch: dict[str, torch.Tensor], ctx: StepContext) -> dict[str, torch.Tensor]:
+        if not hasattr(self, "_train_schedule"):
+            self._train_schedule, _ = schedules(ctx.config.model)
+        m = ctx.config.model
+        loss = training_loss(ctx.models["model"], batch["hr"], batch["sr"], self._train_schedule, m.loss, m.residual)
+        return {"loss": loss}
+
+    def evaluate(self, ctx: EvalContext) -> dict[str, float]:
+        m = ctx.config.model
+        _, sched = schedules(m)
+        net = ctx.models["model"]
+        scores: dict[str, list[torch.Tensor]] = {"psnr": [], "ssim": [], "psnr_bicubic": [], "ssim_bicubic": []}
+        shown: list[torch.Tensor] = []
+        limit = ctx.config.data.val_len
+        seen = 0
+        for batch in ctx.data or []:
+            if 0 < limit <= seen:
+                break
+            hr, sr = batch["hr"].to(ctx.device), batch["sr"].to(ctx.device)
+            with ctx.autocast():
+                out = sample(net, sr, sched, m.sampler, m.residual)
+            scores["psnr"].append(psnr(out, hr))
+            scores["ssim"].append(ssim(out, hr))
+            scores["psnr_bicubic"].append(psnr(sr, hr))
+            scores["ssim_bicubic"].append(ssim(sr, hr))
+            if len(shown) < 8:
+                lr_big = torch.nn.functional.interpolate(batch["lr"].to(ctx.device), size=hr.shape[-2:], mode="nearest")
+                for i in range(min(hr.shape[0], 8 - len(shown))):
+                    shown += [lr_big[i].cpu(), out[i].cpu(), hr[i].cpu()]
+            seen += hr.shape[0]
+        if not scores["psnr"]:
+            return {}
+        if shown:
+            ctx.media.image("lr_sr_hr", make_grid(torch.stack(shown), nrow=3), caption="LR (nearest) | SR3 | HR")
+        out = {k: float(torch.cat(v).mean()) for k, v in scores.items()}
+        out["psnr_gain"] = out["psnr"] - out["psnr_bicubic"]
+        return out
+
+    def noise_schedule(self, models: dict[str, nn.Module]) -> Optional[dict[str, torch.Tensor]]:
+        if not hasattr(self, "_train_schedule"):
+            return None
+        return self._train_schedule.buffers()
+
+    # ---- the reference's formats ----
+    def map_config(self, raw: dict[str, Any], path: Path) -> dict[str, Any]:
+        return compat.map_config(raw, path)
+
+    def load_foreign(self, path: str, models: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer]) -> Optional[int]:
+        """``--resume .../I640000_E37``: the reference's checkpoint prefix; continues from its iteration."""
+        prefix = compat.resolve_prefix(path)
+        if prefix is None:
+            return None
+        it, _ = compat.load_resume(prefix, models["model"], optimizers.get("model"))
+        return it
+
+    # ---- commands ----
+    def prepare(self, args: list[str]) -> None:
+        p = argparse.ArgumentParser(prog="trainhub prepare sr3", description="Write hr_<R>/, lr_<r>/ and sr_<r>_<R>/ "
+                                    "(bicubic, centre crop) from a folder of images, as the reference's prepare script.")
+        p.add_argument("--path", required=True, help="folder of source images")
+        p.add_argument("--out", required=True, help="output folder")
+        p.add_argument("--sizes", default="16,128", help="LR,HR resolutions (default 16,128)")
+        p.add_argument("--on-error", choices=("skip", "stop"), default="skip")
+        a = p.parse_args(args)
+        try:
+            lo, hi = (int(x) for x in a.sizes.split(","))
+        except ValueError:
+            raise UserError(f"--sizes {a.sizes!r}: expected two integers like 16,128") from None
+        n = prepare(Path(a.path), Path(a.out), lo, hi, a.on_error)
+        print(f"prepared {n} images into {a.out}")
+
+    def add_sample_arguments(self, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--input", required=True, help="a low-resolution image or a folder of them")
+        parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: model.eval_steps)")
+        parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--sampler", choices=("ancestral", "ddim"), default=None)
+
+    def sample(self, models: dict[str, nn.Module], config: SR3Config, args: argparse.Namespace, out_dir: Path) -> None:
+        from trainhub.media import save_png, to_uint8_image
+
+        src = Path(args.input)
+        paths = list_images(src) if src.is_dir() else [src]
+        if not paths or not paths[0].exists():
+            raise UserError(f"--input {src}: no images found")
+        m = config.model
+        _, sched = schedules(m, args.steps or m.eval_steps)
+        scale = config.data.r_resolution // config.data.l_resolution
+        net = models["model"]
+        g = torch.Generator().manual_seed(args.seed)
+        for p in paths:
+            img = open_image(p)
+            if img is None:
+                print(f"skipping unreadable image {p}")
+                continue
+            lr = to_tensor(img)[None].to(args.device)
+            h, w = lr.shape[-2] * scale, lr.shape[-1] * scale
+            sr = torch.nn.functional.interpolate(lr, size=(h, w), mode="bicubic", align_corners=False).clamp(-1, 1)
+            out = sample(net, sr, sched, args.sampler or m.sampler, m.residual, generator=g, progress=True)
+            save_png(out_dir / f"{p.stem}_sr.png", to_uint8_image(out[0]))
+            print(f"{p} -> {out_dir / (p.stem + '_sr.png')} ({w}x{h})")
+
+
+__all__ = ["SR3Recipe", "SR3Config", "bicubic_sr", "SCHEDULES"]

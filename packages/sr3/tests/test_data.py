@@ -1,0 +1,67 @@
+"""Datasets, prepare, corrupt images and mismatched pairs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from trainhub import UserError
+from trainhub_sr3.data import EmbeddedPhotos, HRFolder, PairedFolder, prepare
+
+
+def _photos(folder, n=3, size=40):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (size, size + 8, 3), dtype=np.uint8)).save(folder / f"img{i}.png")
+    return folder
+
+
+def test_embedded_photos_are_real_and_paired():
+    ds = EmbeddedPhotos(8, 32, "train")
+    item = ds[0]
+    assert item["hr"].shape == (3, 32, 32) and item["sr"].shape == (3, 32, 32) and item["lr"].shape == (3, 8, 8)
+    assert -1 <= item["hr"].min() and item["hr"].max() <= 1 and item["hr"].std() > 0.05
+    assert len(EmbeddedPhotos(8, 32, "val")) > 0
+
+
+def test_prepare_writes_the_reference_layout_and_paired_reads_it(tmp_path):
+    src = _photos(tmp_path / "src")
+    r = subprocess.run([sys.executable, "-m", "trainhub", "prepare", "sr3", "--path", str(src), "--out", str(tmp_path / "out"),
+                        "--sizes", "8,32"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    for d in ("hr_32", "lr_8", "sr_8_32"):
+        names = sorted(p.name for p in (tmp_path / "out" / d).iterdir())
+        assert names == ["00000.png", "00001.png", "00002.png"]
+    assert Image.open(tmp_path / "out" / "lr_8" / "00000.png").size == (8, 8)
+    ds = PairedFolder(tmp_path / "out", 8, 32)
+    assert len(ds) == 3 and ds[1]["sr"].shape == (3, 32, 32)
+
+
+def test_mismatched_pairs_are_reported_before_training(tmp_path):
+    prepare(_photos(tmp_path / "src"), tmp_path / "out", 8, 32, progress=False)
+    (tmp_path / "out" / "sr_8_32" / "00001.png").unlink()
+    with pytest.raises(UserError, match=r"1 HR images have no matching file in sr_8_32/, e.g. 00001.png"):
+        PairedFolder(tmp_path / "out", 8, 32)
+    with pytest.raises(UserError, match=r"missing folder hr_64/"):
+        PairedFolder(tmp_path / "out", 8, 64)
+
+
+def test_corrupt_image_is_skipped_with_a_warning_or_stops(tmp_path):
+    folder = _photos(tmp_path / "imgs")
+    (folder / "broken.png").write_bytes(b"\x89PNG not really")
+    with pytest.warns(UserWarning, match=r"skipping unreadable image .*broken.png \(1 skipped so far\)"):
+        ds = HRFolder(folder, 8, 32, on_error="skip")
+    assert len(ds) == 3 and ds.errors.skipped == [str(folder / "broken.png")]
+    with pytest.raises(UserError, match=r"unreadable image .*broken.png"):
+        HRFolder(folder, 8, 32, on_error="stop")
+
+
+def test_bad_data_config_is_one_line(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "trainhub", "run", "sr3", "data.source=folder", f"data.root={tmp_path}/none"],
+                       capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 2 and "data.root=" in r.stderr and "is not a folder" in r.stderr and "Traceback" not in r.stderr

@@ -1,0 +1,51 @@
+"""A short CPU run that evaluates, is interrupted, resumes exactly, and samples from the CLI."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from trainhub import hookimpl
+from trainhub.run import train
+
+
+class StopAt:
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    @hookimpl
+    def trainhub_step_end(self, run, step, metrics):
+        if step == self.n:
+            self.n = -1
+            signal.raise_signal(signal.SIGTERM)
+
+
+def test_30_steps_resume_exactly_and_evaluate(tmp_path, tiny, trainhub_register):
+    ov = tiny + ["train.max_steps=30", "train.eval_every=15", "train.checkpoint_every=15"]
+    full = train("sr3", overrides=ov, run_dir=tmp_path / "full")
+    trainhub_register(StopAt(12))
+    cut = train("sr3", overrides=ov, run_dir=tmp_path / "cut")
+    assert cut.status == "interrupted" and cut.step == 12
+    res = train("sr3", overrides=ov, run_dir=tmp_path / "cut", resume="auto")
+    assert res.step == 30
+    a, b = load_file(str(full.last_checkpoint / "model.safetensors")), load_file(str(res.last_checkpoint / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    evals = [json.loads(x) for x in (res.run_dir / "metrics.jsonl").read_text().splitlines() if '"eval"' in x]
+    assert evals and {"psnr", "ssim", "psnr_bicubic", "psnr_gain"} <= set(evals[-1])
+    grid = res.run_dir / "samples" / "step_0000030" / "lr_sr_hr.png"
+    assert grid.is_file() and Image.open(grid).size[0] > 3 * 16
+    best = json.loads((res.run_dir / "best.json").read_text())
+    assert best["metric"] == "psnr"
+
+    lr = tmp_path / "lr.png"
+    Image.fromarray((torch.rand(6, 5, 3) * 255).byte().numpy()).save(lr)
+    r = subprocess.run([sys.executable, "-m", "trainhub", "sample", "sr3", "--checkpoint", str(res.run_dir), "--input", str(lr),
+                        "--steps", "3", "--out", str(tmp_path / "out")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert Image.open(tmp_path / "out" / "lr_sr.png").size == (5 * 4, 6 * 4)
