@@ -131,3 +131,40 @@ def test_failing_hook_names_plugin_and_can_be_disabled(tmp_path, quiet):
     finally:
         if plugins.pm.has_plugin("bad-callback"):
             plugins.pm.unregister(name="bad-callback")
+
+
+def test_tiny_loss_follows_the_config_of_each_run(tmp_path, quiet):
+    from torch import nn
+
+    from trainhub.plugins import get_plugins
+    from trainhub.run import resolve_config, train
+
+    plugins = get_plugins()
+    recipe = plugins.recipe("tiny")
+    train("tiny", overrides=quiet + ["train.max_steps=1", "data.loss=mse"], run_dir=tmp_path / "a")
+    assert isinstance(recipe._loss(resolve_config(recipe, plugins, None, ["data.loss=l1"])), nn.L1Loss)
+
+
+def test_logger_that_fails_to_start_is_named(tmp_path, quiet, trainhub_register):
+    from trainhub.config import Section
+    from trainhub.errors import UserError
+    from trainhub.run import train
+
+    class BrokenConfig(Section):
+        enabled: bool = True
+
+    class Broken:
+        def __init__(self, config, run):
+            raise OSError("cannot open /nonexistent")
+
+    class Plugin:
+        @hookimpl
+        def trainhub_register_loggers(self, register):
+            register("broken", Broken, BrokenConfig)
+
+    trainhub_register(Plugin())
+    with pytest.raises(UserError, match=r"logger 'broken' \(test\) failed to start: OSError: cannot open /nonexistent"):
+        train("tiny", overrides=quiet + ["train.max_steps=1"], run_dir=tmp_path / "a")
+    with pytest.warns(UserWarning, match="logger 'broken' .* continuing without it"):
+        res = train("tiny", overrides=quiet + ["train.max_steps=1", "plugin_errors=disable"], run_dir=tmp_path / "b")
+    assert res.status == "completed"

@@ -98,11 +98,13 @@ class TinyRecipe(Recipe):
         return train, val
 
     def _loss(self, config: TinyConfig) -> nn.Module:
-        if not hasattr(self, "_loss_fn"):
-            from trainhub.plugins import get_plugins
+        """The configured loss, built once per name (the recipe instance outlives a run)."""
+        from trainhub.plugins import get_plugins
 
-            self._loss_fn = get_plugins().loss(config.data.loss)()
-        return self._loss_fn
+        cache = self.__dict__.setdefault("_losses", {})
+        if config.data.loss not in cache:
+            cache[config.data.loss] = get_plugins().loss(config.data.loss)()
+        return cache[config.data.loss]
 
     def train_step(self, batch: dict[str, torch.Tensor], ctx: StepContext) -> dict[str, torch.Tensor]:
         pred = ctx.models["model"](batch["x"])

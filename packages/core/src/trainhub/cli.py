@@ -48,7 +48,10 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("recipe")
     c.add_argument("--schema", action="store_true", help="print the JSON schema instead")
 
-    sub.add_parser("doctor", help="check torch, devices, memory, disk and plugins")
+    d = sub.add_parser("doctor", help="check torch, devices, memory, disk and plugins")
+    d.add_argument("--dataset", help="a dataset folder: its size against memory")
+    d.add_argument("--cache-gb", type=float, default=0.0, help="a per-process RAM cache size to check")
+    d.add_argument("--num-workers", type=int, help="loader workers to plan for (default: auto)")
 
     s = sub.add_parser("sample", help="generate with a trained checkpoint (EMA weights by default)", add_help=False)
     s.add_argument("recipe")
@@ -201,7 +204,7 @@ def cmd_config(args: argparse.Namespace, rest: list[str]) -> int:
 def cmd_doctor(args: argparse.Namespace, rest: list[str]) -> int:
     from trainhub.doctor import report
 
-    lines, ok = report()
+    lines, ok = report(args.dataset, args.cache_gb, args.num_workers)
     print("\n".join(lines))
     return 0 if ok else 1
 

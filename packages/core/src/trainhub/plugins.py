@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.metadata as md
 import os
 import sys
+import time
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -19,7 +20,7 @@ ENTRY_POINT_GROUP = "trainhub"
 ENV_DISABLE = "TRAINHUB_DISABLE_PLUGIN_AUTOLOAD"
 #: Comma-separated entry-point names: load only these.
 ENV_ALLOW = "TRAINHUB_PLUGINS"
-#: Set to 1 to print every hook call (pluggy tracing) to stderr.
+#: Set to 1 to print every hook call (hook, plugin, simple arguments, duration) to stderr.
 ENV_TRACE = "TRAINHUB_TRACE_HOOKS"
 
 REGISTRIES = ("recipes", "models", "datasets", "losses", "loggers")
@@ -52,9 +53,21 @@ class Plugins:
         self.info: dict[str, PluginInfo] = {}
         self.failed: dict[str, str] = {}  # entry-point name -> one-line error
         self.registry: dict[str, dict[str, Registered]] = {k: {} for k in REGISTRIES}
-        if os.environ.get(ENV_TRACE) == "1":
-            self.pm.trace.root.setwriter(lambda msg: sys.stderr.write(msg))
-            self.pm.enable_tracing()
+        self.tracing = os.environ.get(ENV_TRACE) == "1"
+
+    def call_impl(self, hook: str, impl: Any, kwargs: dict[str, Any]) -> Any:
+        """Call one hook implementation with the arguments it asks for (each plugin separately, so
+        failures can be attributed). With TRAINHUB_TRACE_HOOKS=1 every call is written to stderr as
+        ``trainhub-trace: HOOK -> PLUGIN(simple args) T ms``."""
+        if not self.tracing:
+            return impl.function(*[kwargs[a] for a in impl.argnames])
+        pname = self.pm.get_name(impl.plugin) or repr(impl.plugin)
+        shown = ", ".join(f"{k}={v!r}" for k, v in kwargs.items() if isinstance(v, (bool, int, float, str)))
+        t0 = time.perf_counter()
+        try:
+            return impl.function(*[kwargs[a] for a in impl.argnames])
+        finally:
+            sys.stderr.write(f"trainhub-trace: {hook} -> {pname}({shown}) {1e3 * (time.perf_counter() - t0):.2f} ms\n")
 
     # ---- loading -------------------------------------------------------------------------------
     def add(self, plugin: Any, name: str, distribution: str = "trainhub", version: str = "") -> None:
@@ -115,7 +128,7 @@ class Plugins:
             hook = getattr(self.pm.hook, f"trainhub_register_{kind}")
             impls = [i for i in hook.get_hookimpls() if i.plugin is plugin]
             for impl in impls:
-                impl.function(register=self._registrar(kind, plugin_name, info.distribution))
+                self.call_impl(f"trainhub_register_{kind}", impl, {"register": self._registrar(kind, plugin_name, info.distribution)})
 
     def _registrar(self, kind: str, plugin: str, dist: str) -> Callable[..., None]:
         table = self.registry[kind]

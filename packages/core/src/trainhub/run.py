@@ -38,7 +38,8 @@ class RunInfo:
     step: int = 0
     epoch: int = 0
     is_main: bool = True
-    last_losses: dict[str, float] = field(default_factory=dict)
+    last_losses: dict[str, float] = field(default_factory=dict)  # logged loss terms of the last logging step
+    step_losses: dict[str, Any] = field(default_factory=dict)  # this step's loss terms (0-dim tensors, no sync)
 
 
 @dataclass
@@ -72,7 +73,7 @@ class HookCaller:
         hook = getattr(self.plugins.pm.hook, name)
         for impl in reversed(hook.get_hookimpls()):
             try:
-                impl.function(*[kwargs[a] for a in impl.argnames])
+                self.plugins.call_impl(name, impl, kwargs)
             except Exception as exc:
                 pname = self.plugins.pm.get_name(impl.plugin) or repr(impl.plugin)
                 if self.on_error == "stop":
@@ -191,8 +192,16 @@ def train(
             for name, reg in sorted(plugins.registry["loggers"].items()):
                 section = getattr(loggers_cfg, name, None) if loggers_cfg is not None else None
                 if section is not None and getattr(section, "enabled", False):
+                    try:
+                        logger = reg.obj(section, info)
+                    except Exception as exc:  # a logger that cannot start is named, and stops or is skipped
+                        msg = f"logger {name!r} ({reg.distribution}) failed to start: {type(exc).__name__}: {exc}"
+                        if config.plugin_errors == "stop":
+                            raise UserError(msg + " (plugin_errors=disable skips it)") from exc
+                        warnings.warn(msg + "; continuing without it", stacklevel=2)
+                        continue
                     pname = f"logger:{name}"
-                    plugins.pm.register(reg.obj(section, info), name=pname)
+                    plugins.pm.register(logger, name=pname)
                     registered.append(pname)
         status = trainer.fit()
     finally:

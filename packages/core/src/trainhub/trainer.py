@@ -505,6 +505,7 @@ class Trainer:
                 data_time = time.perf_counter() - t0
                 self.batch_in_epoch += accum
                 logs = self._optimizer_step(micro)
+                self.run.step_losses = logs
                 self.step += 1
                 self.run.step, self.run.epoch = self.step, self.epoch
                 for k, v in logs.items():
