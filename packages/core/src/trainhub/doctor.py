@@ -10,7 +10,7 @@ import psutil
 import torch
 
 
-def report() -> tuple[list[str], bool]:
+def report(dataset: str | None = None, cache_gb: float = 0.0, num_workers: int | None = None) -> tuple[list[str], bool]:
     ok = True
     lines = [f"python   {platform.python_version()} ({platform.machine()})", f"torch    {torch.__version__}"]
     if torch.cuda.is_available():
@@ -39,11 +39,11 @@ def report() -> tuple[list[str], bool]:
     for name, err in sorted(plugins.failed.items()):
         lines.append(f"FAILED   plugin {name}: {err}")
         ok = False
-    try:
-        from trainhub import memory
+    if dataset and not os.path.isdir(dataset):
+        from trainhub.errors import UserError
 
-        if hasattr(memory, "doctor_report"):
-            lines += memory.doctor_report()
-    except Exception as exc:  # the memory diagnosis is advisory
-        lines.append(f"memory diagnosis unavailable: {exc}")
+        raise UserError(f"--dataset {dataset} is not a folder")
+    from trainhub.memory import doctor_report
+
+    lines += doctor_report(dataset, cache_gb, num_workers)
     return lines, ok
