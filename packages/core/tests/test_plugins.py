@@ -168,3 +168,13 @@ def test_logger_that_fails_to_start_is_named(tmp_path, quiet, trainhub_register)
     with pytest.warns(UserWarning, match="logger 'broken' .* continuing without it"):
         res = train("tiny", overrides=quiet + ["train.max_steps=1", "plugin_errors=disable"], run_dir=tmp_path / "b")
     assert res.status == "completed"
+
+
+def test_misspelled_hook_is_an_error_naming_the_plugin(trainhub_register):
+    class Typo:
+        @hookimpl
+        def trainhub_stepend(self, run, step, metrics):
+            pass
+
+    with pytest.raises(PluginError, match=r"plugin 'typo' \(test\).*trainhub_stepend"):
+        trainhub_register(Typo(), name="typo")

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json
-import signal
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 from safetensors.torch import load_file
 
-from trainhub import hookimpl
 from trainhub.builtin import TinyConfig, TinyRecipe
 from trainhub.data import GroupedSampler
 from trainhub.distill import DistillConfig, load_teacher
@@ -29,7 +26,7 @@ class Seen(TinyRecipe):
         return super().train_step(batch, ctx)
 
 
-def test_data_schedule_switches_at_epoch_boundaries_and_resumes_in_phase(tmp_path, quiet, trainhub_register):
+def test_data_schedule_switches_at_epoch_boundaries_and_resumes_in_phase(tmp_path, quiet, stop_at):
     sched = 'train.data_schedule=[{from_epoch: 2, data: {jitter: 0.5}, batch_size: 8}]'
     ov = quiet + ["data.num_samples=64", "train.batch_size=16", "train.epochs=4", sched]
     r = Seen()
@@ -37,13 +34,7 @@ def test_data_schedule_switches_at_epoch_boundaries_and_resumes_in_phase(tmp_pat
     assert res.step == 4 + 4 + 8 + 8  # 64/16 per epoch, then 64/8
     assert {e: b for e, b in r.seen} == {0: 16, 1: 16, 2: 8, 3: 8}
 
-    class StopAt:
-        @hookimpl
-        def trainhub_step_end(self, run, step, metrics):
-            if step == 12:
-                signal.raise_signal(signal.SIGTERM)
-
-    trainhub_register(StopAt())
+    stop_at(12)
     cut = train(Seen(), overrides=ov, run_dir=tmp_path / "b")
     assert cut.step == 12 and json.loads((cut.last_checkpoint / "training_state.json").read_text())["batch_size"] == 8
     again = Seen()

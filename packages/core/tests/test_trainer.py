@@ -15,7 +15,6 @@ import torch
 from safetensors.torch import load_file
 
 from trainhub import checkpoint as ckpt
-from trainhub import hookimpl
 from trainhub.builtin import TinyRecipe
 from trainhub.errors import TrainingStopped, UserError
 from trainhub.run import train
@@ -38,21 +37,8 @@ def _assert_identical(a: Path, b: Path) -> None:
         assert torch.equal(wa[k], wb[k]), f"{k} differs"
 
 
-class StopAt:
-    """Sends this process a real SIGTERM after optimizer step ``n`` (once)."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    @hookimpl
-    def trainhub_step_end(self, run, step, metrics):
-        if step == self.n:
-            self.n = -1
-            signal.raise_signal(signal.SIGTERM)
-
-
 @pytest.mark.parametrize("workers", [0, 2])
-def test_resume_is_bit_exact_mid_epoch(tmp_path, quiet, workers, trainhub_register):
+def test_resume_is_bit_exact_mid_epoch(tmp_path, quiet, workers, stop_at):
     # 64 samples / batch 8 = 8 micro-batches per epoch; accumulation 2 -> 4 steps per epoch.
     # Stopping at step 6 is mid-epoch (epoch 1, 4 micro-batches in); dropout, augmentation noise,
     # warmup+cosine LR and EMA all depend on exactly restored state.
@@ -60,7 +46,7 @@ def test_resume_is_bit_exact_mid_epoch(tmp_path, quiet, workers, trainhub_regist
                     "train.gradient_accumulation_steps=2", "train.schedule=cosine", "train.warmup_steps=3",
                     "train.eval_every=4", "train.deterministic=true", "model.dropout=0.3"]
     full = train("tiny", overrides=base + ["train.max_steps=12"], run_dir=tmp_path / "full")
-    trainhub_register(StopAt(6))
+    stop_at(6)
     half = train("tiny", overrides=base + ["train.max_steps=12"], run_dir=tmp_path / "half")
     assert half.status == "interrupted"
     state = json.loads((half.last_checkpoint / "training_state.json").read_text())

@@ -78,6 +78,11 @@ class Plugins:
                 f"plugin name {name!r} is provided by both {other!r} and {distribution!r}; uninstall one"
             )
         self.pm.register(plugin, name=name)
+        try:
+            self.pm.check_pending()  # a misspelled hook (trainhub_stepend) would otherwise never be called
+        except pluggy.PluginValidationError as exc:
+            self.pm.unregister(name=name)
+            raise PluginError(f"plugin {name!r} ({distribution}): {exc}") from None
         self.info[name] = PluginInfo(name, distribution, version, getattr(plugin, "__name__", type(plugin).__name__))
         try:
             self._collect(name)

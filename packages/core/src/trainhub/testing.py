@@ -16,17 +16,38 @@ Fixtures:
     ``read_metrics(run_dir, kind="train")``: the records of ``metrics.jsonl`` (optionally of one kind).
 ``trainhub_plugins``
     The process-wide :class:`trainhub.plugins.Plugins` (built-ins plus installed entry points).
+``stop_at``
+    ``stop_at(12)``: a real SIGTERM after optimizer step 12 of the next run (once), so the run saves a
+    checkpoint and returns ``status == "interrupted"``; then ``train(..., resume="auto")`` to test resume.
 """
 
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional
 
+import pluggy
 import pytest
 
 FAST = ["loader.num_workers=0", "loggers.console.progress_bar=false", "train.log_every=1"]
+
+
+_hookimpl = pluggy.HookimplMarker("trainhub")  # trainhub.hookimpl, without importing torch at pytest start-up
+
+
+class StopAt:
+    """A plugin that sends this process a real SIGTERM after optimizer step ``n`` (once)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    @_hookimpl
+    def trainhub_step_end(self, run: Any, step: int, metrics: dict[str, float]) -> None:
+        if step == self.n:
+            self.n = -1
+            signal.raise_signal(signal.SIGTERM)
 
 
 def assert_config_schema(recipe: Any, files: Iterable[Any] = ()) -> None:
@@ -124,3 +145,13 @@ def check_config_schema() -> Callable[..., None]:
 @pytest.fixture
 def read_metrics() -> Callable[..., list[dict[str, Any]]]:
     return read_metrics_file
+
+
+@pytest.fixture
+def stop_at(trainhub_register: Callable[..., str]) -> Callable[[int], StopAt]:
+    def add(n: int) -> StopAt:
+        plugin = StopAt(n)
+        trainhub_register(plugin)
+        return plugin
+
+    return add

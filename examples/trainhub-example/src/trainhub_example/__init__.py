@@ -1,0 +1,3 @@
+"""An example third-party trainhub plugin (entry point ``example``)."""
+
+__version__ = "0.1.0"

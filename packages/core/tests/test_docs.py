@@ -1,0 +1,43 @@
+"""docs/writing-plugins.md carries the hook reference generated from trainhub.hookspecs: it must be current."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from trainhub import hookspecs
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def _tool():
+    spec = importlib.util.spec_from_file_location("gen_hook_docs", ROOT / "tools" / "gen_hook_docs.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_hook_reference_in_writing_plugins_is_up_to_date():
+    tool = _tool()
+    text = tool.DOC.read_text(encoding="utf-8")
+    assert tool.update(text, hookspecs) == text, "docs/writing-plugins.md is out of date: run python tools/gen_hook_docs.py"
+
+
+def test_reference_lists_every_hookspec_with_its_docstring():
+    tool = _tool()
+    section = tool.render(hookspecs)
+    names = [f.__name__ for f in tool.hookspecs(hookspecs)]
+    assert len(names) == len([n for n in dir(hookspecs) if n.startswith("trainhub_")]) >= 11
+    for name in names:
+        assert f"#### `{name}`" in section
+    assert "Register recipes: `register(MyRecipe())`, a `trainhub.Recipe` instance." in section
+    assert f"Hookspec version: **{hookspecs.HOOKSPEC_VERSION}**" in section
+
+
+def test_check_mode_reports_a_stale_reference():
+    tool = _tool()
+    stale = tool.render(hookspecs).replace("Register recipes", "Registers recipes")
+    text = f"intro\n\n{stale}\n\noutro\n"
+    fresh = tool.update(text, hookspecs)
+    assert fresh != text and fresh.startswith("intro\n\n") and fresh.endswith("\n\noutro\n")
+    assert tool.update(fresh, hookspecs) == fresh
