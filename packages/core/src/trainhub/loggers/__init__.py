@@ -6,7 +6,11 @@ from typing import Callable
 
 
 def register_builtin(register: Callable[..., None]) -> None:
-    from trainhub.loggers import console, jsonl
+    from trainhub import param_outputs
+    from trainhub.loggers import console, jsonl, tensorboard, wandb
 
     register("console", console.ConsoleLogger, console.ConsoleConfig)
     register("jsonl", jsonl.JsonlLogger, jsonl.JsonlConfig)
+    register("tensorboard", tensorboard.TensorBoardLogger, tensorboard.TensorBoardConfig)
+    register("wandb", wandb.WandbLogger, wandb.WandbConfig)
+    register("param_outputs", param_outputs.ParamOutputs, param_outputs.ParamOutputsConfig)
