@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+import warnings
 from pathlib import Path
 
 import pytest
@@ -196,3 +197,35 @@ def test_tensorboard_event_files(tmp_path, quiet):
     h = acc.Histograms("weights/model.net.0.weight")
     assert [e.step for e in h] == [5, 10] and h[0].histogram_value.num == 8 * 64
     assert "config/text_summary" in tags["tensors"]
+
+
+def test_wandb_media_it_cannot_encode_is_skipped_and_metrics_still_logged(monkeypatch):
+    import numpy as np
+    import wandb
+
+    from trainhub.loggers.wandb import WandbConfig, WandbLogger
+    from trainhub.media import Media
+
+    class Recorder:
+        def __init__(self):
+            self.logged = []
+
+        def log(self, data, step):
+            self.logged.append((step, dict(data)))
+
+    def no_audio(*a, **k):
+        raise RuntimeError("Raw audio requires the soundfile package")
+
+    monkeypatch.setattr(wandb, "Audio", no_audio)
+    logger = WandbLogger(WandbConfig(enabled=True), run=None)
+    logger.run = Recorder()
+    media = [Media("audio", "clip", None, np.zeros(800, np.float32), sample_rate=8000),
+             Media("image", "grid", None, np.zeros((4, 4, 3), np.uint8))]
+    with pytest.warns(UserWarning, match=r"wandb: audio media not logged \(clip\): RuntimeError: Raw audio requires"):
+        logger.trainhub_eval_end(run=None, step=5, metrics={"psnr": 20.0}, media=media)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once per media kind, not at every eval
+        logger.trainhub_eval_end(run=None, step=10, metrics={"psnr": 21.0}, media=media)
+    assert not logger.failed
+    assert [(s, d["eval/psnr"]) for s, d in logger.run.logged] == [(5, 20.0), (10, 21.0)]
+    assert all("media/grid" in d and "media/clip" not in d for _, d in logger.run.logged)

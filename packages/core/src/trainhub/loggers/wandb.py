@@ -107,6 +107,7 @@ class WandbLogger:
         self.failed = False
         self.min_step = 0  # wandb drops records below its step counter (an online run resumed behind the server)
         self.skip_warned = False
+        self.media_warned: set[str] = set()
         self.eval_rows: list[list[Any]] = []
         self.eval_keys: list[str] = []
         self.last_checkpoint: Optional[str] = None
@@ -203,12 +204,18 @@ class WandbLogger:
             data: dict[str, Any] = {f"eval/{k}": v for k, v in metrics.items()}
             items = []
             for m in media if self.config.log_media else []:
-                if m.kind == "image":
-                    obj = wandb.Image(m.data, caption=m.caption or m.name)
-                elif m.kind == "audio":
-                    wave = m.data if m.data.ndim == 1 else m.data.T  # channels x samples -> samples x channels
-                    obj = wandb.Audio(wave, sample_rate=m.sample_rate, caption=m.caption or m.name)
-                else:
+                try:
+                    if m.kind == "image":
+                        obj = wandb.Image(m.data, caption=m.caption or m.name)
+                    elif m.kind == "audio":
+                        wave = m.data if m.data.ndim == 1 else m.data.T  # channels x samples -> samples x channels
+                        obj = wandb.Audio(wave, sample_rate=m.sample_rate, caption=m.caption or m.name)
+                    else:
+                        continue
+                except Exception as exc:  # one media item wandb cannot encode is skipped, not the logger
+                    if m.kind not in self.media_warned:
+                        self.media_warned.add(m.kind)
+                        warnings.warn(f"wandb: {m.kind} media not logged ({m.name}): {_err(exc)}", stacklevel=2)
                     continue
                 data[f"media/{m.name}"] = obj
                 items.append((m, obj))
