@@ -100,3 +100,28 @@ def test_cli_config_prints_defaults_and_schema(tmp_path):
     r = _cli("config", "tiny", "--schema")
     schema = json.loads(r.stdout)
     assert "train" in schema["properties"] and "loggers" in schema["properties"]
+
+
+def test_run_config_accepts_the_name_of_a_config_the_recipe_ships(tmp_path, monkeypatch):
+    from trainhub.builtin import TinyRecipe
+    from trainhub.errors import UserError
+    from trainhub.plugins import get_plugins
+    from trainhub.run import resolve_config, shipped_configs
+
+    pkg = tmp_path / "shipping_recipe"
+    (pkg / "configs").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("from trainhub.builtin import TinyRecipe\n\nclass Shipping(TinyRecipe):\n    name = 'shipping'\n")
+    (pkg / "configs" / "wide.yaml").write_text("model:\n  hidden: 48\n")
+    (pkg / "configs" / "notes.txt").write_text("not a config")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import shipping_recipe
+
+    recipe = shipping_recipe.Shipping()
+    assert list(shipped_configs(recipe)) == ["wide"]
+    cfg = resolve_config(recipe, get_plugins(), "wide", ["train.lr=0.5"])
+    assert cfg.model.hidden == 48 and cfg.train.lr == 0.5
+    with pytest.raises(UserError, match=r"--config narrow: no such file.*shipped: wide"):
+        resolve_config(recipe, get_plugins(), "narrow")
+    with pytest.raises(ConfigError, match="config file not found: sub/narrow.yaml"):
+        resolve_config(recipe, get_plugins(), "sub/narrow.yaml")
+    assert shipped_configs(TinyRecipe()) == {}  # trainhub itself ships none

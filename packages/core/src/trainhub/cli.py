@@ -32,7 +32,8 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="train a recipe", description="Train a recipe. Extra arguments are config overrides: "
                        "key.path=value or --key.path value (later wins: defaults < --config < overrides).")
     r.add_argument("recipe", help="recipe name (see `trainhub list`)")
-    r.add_argument("--config", help="YAML, or JSON with // comments")
+    r.add_argument("--config", help="YAML, or JSON with // comments; or the name of a config the recipe ships "
+                   "(trainhub config RECIPE --list shows them)")
     r.add_argument("--resume", help="auto (latest checkpoint of the run, fresh start if none) or a checkpoint/run directory")
     r.add_argument("--run-dir", help="run directory (default: <output_dir>/<recipe>/<run_name or timestamp>)")
     r.add_argument("--dry-run", action="store_true", help="validate config, build model and data, run one step, write nothing")
@@ -47,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     c = sub.add_parser("config", help="print a recipe's default config as YAML")
     c.add_argument("recipe")
     c.add_argument("--schema", action="store_true", help="print the JSON schema instead")
+    c.add_argument("--list", action="store_true", help="list the named configs the recipe ships (for run --config NAME)")
+    c.add_argument("--name", help="print this shipped config merged onto the defaults")
 
     d = sub.add_parser("doctor", help="check torch, devices, memory, disk and plugins")
     d.add_argument("--dataset", help="a dataset folder: its size against memory")
@@ -193,10 +196,18 @@ def cmd_plugins(args: argparse.Namespace, rest: list[str]) -> int:
 def cmd_config(args: argparse.Namespace, rest: list[str]) -> int:
     from trainhub import config as C
     from trainhub.plugins import get_plugins
-    from trainhub.run import config_class_for
+    from trainhub.run import config_class_for, resolve_config, shipped_configs
 
     plugins = get_plugins()
-    cls = config_class_for(plugins.recipe(args.recipe), plugins)
+    recipe = plugins.recipe(args.recipe)
+    if args.list:
+        for name, path in shipped_configs(recipe).items():
+            print(f"{name:<20} {path}")
+        return 0
+    if args.name:
+        print(C.to_yaml(resolve_config(recipe, plugins, args.name)), end="")
+        return 0
+    cls = config_class_for(recipe, plugins)
     print(C.json_schema(cls) if args.schema else C.to_yaml(cls()), end="" if not args.schema else "\n")
     return 0
 

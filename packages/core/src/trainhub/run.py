@@ -56,8 +56,36 @@ def config_class_for(recipe: Recipe, plugins: Plugins) -> type[C.RunConfig]:
     return C.with_loggers(recipe.config_class, loggers)
 
 
+def shipped_configs(recipe: Recipe) -> dict[str, Path]:
+    """The named configs a recipe's package ships in its ``configs/`` folder, as ``{name: path}``."""
+    import importlib.resources
+
+    try:
+        root = Path(str(importlib.resources.files(type(recipe).__module__.split(".")[0]) / "configs"))
+    except (ModuleNotFoundError, TypeError):
+        return {}
+    exts = (".yaml", ".yml", ".json")
+    return {p.stem: p for p in sorted(root.iterdir()) if p.suffix in exts} if root.is_dir() else {}
+
+
+def config_path(recipe: Recipe, config_file: Any) -> Optional[Path]:
+    """``--config`` as given: a file, or the name of a config the recipe ships (``sr3_16_128``)."""
+    if config_file is None:
+        return None
+    p = Path(config_file)
+    if p.is_file() or p.suffix or len(p.parts) > 1:
+        return p
+    named = shipped_configs(recipe)
+    if str(config_file) in named:
+        return named[str(config_file)]
+    raise UserError(f"--config {config_file}: no such file, and recipe {recipe.name!r} ships no config of that name "
+                    f"(shipped: {', '.join(named) or 'none'})")
+
+
 def resolve_config(recipe: Recipe, plugins: Plugins, config_file: Any = None, overrides: Any = None) -> C.RunConfig:
-    return C.resolve(config_class_for(recipe, plugins), config_file, overrides, file_mapper=recipe.map_config)
+    """Recipe defaults < ``config_file`` (a path or a shipped config's name) < ``overrides``."""
+    return C.resolve(config_class_for(recipe, plugins), config_path(recipe, config_file), overrides,
+                     file_mapper=recipe.map_config)
 
 
 class HookCaller:

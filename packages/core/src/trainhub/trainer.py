@@ -9,6 +9,7 @@ import math
 import random
 import signal
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
@@ -408,7 +409,9 @@ class Trainer:
         self.batch_in_epoch = rest * self.accum
         for s in self.schedulers.values():
             s.last_epoch = self.step - 1
-            s.step()
+            with warnings.catch_warnings():  # fast-forwarding before any optimizer.step() is intended here
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+                s.step()
         for name, ema in self.emas.items():
             ema.copy_from(self.raw_models[name])
         if self.is_main:
