@@ -21,6 +21,7 @@ def test_reference_json_maps_onto_our_schema(tmp_path):
     assert (u.inner_channel, u.norm_groups, u.channel_multiplier, u.attn_res, u.res_blocks, u.dropout, u.image_size) == \
         (64, 32, [1, 2, 4, 8, 8], [16], 2, 0.2, 128)
     assert cfg.model.beta_schedule.train.n_timestep == 2000 and cfg.model.beta_schedule.val.linear_end == 1e-2
+    assert (cfg.model.prediction, cfg.model.residual, cfg.model.sampler) == ("eps", False, "ancestral")  # their objective
     assert (cfg.data.source, cfg.data.root, cfg.data.l_resolution, cfg.data.r_resolution) == ("folder", "DATAROOT", 16, 128)
     assert cfg.data.val_root == "DATAROOT" and cfg.data.val_len == 50
     t = cfg.train
@@ -28,8 +29,10 @@ def test_reference_json_maps_onto_our_schema(tmp_path):
         (1_000_000, 10_000, 10_000, 200, 1e-4, "adam", 4)
     assert (t.ema.start_step, t.ema.every, t.ema.decay) == (5000, 1, 0.9999)
     assert cfg.loader.num_workers == 8 and cfg.run_name == "distributed_high_sr_ffhq"
-    if hasattr(cfg, "loggers") and hasattr(cfg.loggers, "wandb"):
-        assert cfg.loggers.wandb.project == "distributed_high_sr_ffhq"
+    assert cfg.loggers.wandb.project == "distributed_high_sr_ffhq"
+    po = cfg.loggers.param_outputs
+    assert (po.enabled, po.save_param_freq, po.save_weights, po.save_gradients, po.save_activations, po.layers_to_monitor) == \
+        (True, 1000, True, False, True, ["downs.1", "mid.0.attn"])
 
 
 def test_unmappable_keys_are_listed_in_one_error(tmp_path):
@@ -57,3 +60,13 @@ def test_foreign_resume_from_reference_prefix(tmp_path, tiny):
     assert res.step == 43
     with pytest.raises(UserError, match="neither a trainhub checkpoint"):
         train("sr3", overrides=tiny, run_dir=tmp_path / "r2", resume=str(tmp_path / "nothing_here"))
+
+
+def test_shipped_paper_config_matches_the_reference_json():
+    plugins = get_plugins()
+    ours = resolve_config(plugins.recipe("sr3"), plugins, "sr3_16_128")
+    theirs = resolve_config(plugins.recipe("sr3"), plugins, DATA / "sr_sr3_16_128.json")
+    assert ours.model.unet == theirs.model.unet
+    assert ours.model.beta_schedule.train == theirs.model.beta_schedule.train
+    assert (ours.model.prediction, ours.model.residual, ours.model.sampler) == ("eps", False, "ancestral")
+    assert (ours.data.l_resolution, ours.data.r_resolution, ours.train.lr) == (16, 128, 1e-4)

@@ -146,6 +146,7 @@ def map_config(raw: dict[str, Any], path: Path) -> dict[str, Any]:
 
     mo = raw.pop("model", {}) or {}
     model = out["model"]
+    model.update(residual=False, prediction="eps", sampler="ancestral")  # the reference's objective (its weights need it)
     which = _pop(mo, "which_model_G", "sr3")
     if which != "sr3":
         unknown.append(f"model.which_model_G={which} (only sr3)")

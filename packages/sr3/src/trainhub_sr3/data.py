@@ -17,15 +17,19 @@ from torch.utils.data import Dataset
 from trainhub import UserError
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
-# colour photographs shipped inside scikit-image's wheel (skimage.data), no download needed; the last two validate
+# photographs shipped inside scikit-image's wheel (skimage.data), no download needed. The colour ones first;
+# the last two of them (astronaut, chelsea) are the validation photos. The greyscale ones add texture (brick,
+# grass, gravel, moon) and edges (camera, clock, coins) to the training set, as RGB.
 EMBEDDED_PHOTOS = ("coffee", "rocket", "immunohistochemistry", "hubble_deep_field", "stereo_motorcycle", "retina", "astronaut", "chelsea")
+EMBEDDED_GREY = ("camera", "brick", "grass", "gravel", "moon", "clock", "coins")
 
 
 def _photo(name: str) -> np.ndarray:
     import skimage.data
 
     img = getattr(skimage.data, name)()
-    return img[0] if isinstance(img, tuple) else img  # stereo_motorcycle: (left, right, disparity)
+    img = img[0] if isinstance(img, tuple) else img  # stereo_motorcycle: (left, right, disparity)
+    return np.repeat(img[..., None], 3, axis=2) if img.ndim == 2 else img[..., :3]
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -164,29 +168,54 @@ class HRFolder(Dataset):
 
 
 class EmbeddedPhotos(Dataset):
-    """Patches of real photographs from ``skimage.data``: each photo scaled to ``scale_to`` pixels on its
-    short side and cut into ``r_res`` tiles; the last ``val_photos`` photos are the validation set."""
+    """Real photographs from ``skimage.data``, no download.
 
-    def __init__(self, l_res: int, r_res: int, split: str, val_photos: int = 2, scale_to: int = 128, flips: bool = True) -> None:
-        names = EMBEDDED_PHOTOS[:-val_photos] if split == "train" else EMBEDDED_PHOTOS[-val_photos:]
-        tiles = []
+    ``train``: the colour and greyscale training photos, each scaled to ``scales`` pixels on its short side;
+    every item is a random ``r_res`` crop (and flip) of one of them, drawn in proportion to its area (the
+    length is the number of non-overlapping tiles). ``val``: the fixed grid of ``r_res`` tiles of the two
+    validation photos at ``scale_to`` pixels.
+    """
+
+    def __init__(self, l_res: int, r_res: int, split: str, val_photos: int = 2, scale_to: int = 128,
+                 flips: bool = True, scales: tuple[int, ...] = (128, 192, 256)) -> None:
+        if split == "train":
+            names = EMBEDDED_PHOTOS[:-val_photos] + EMBEDDED_GREY
+            sizes = tuple(max(sz, r_res) for sz in scales)
+        else:
+            names, sizes = EMBEDDED_PHOTOS[-val_photos:], (max(scale_to, r_res),)
+        flat, table = [], []  # one uint8 buffer + (offset, height, width) rows: cheap to share with workers
+        offset = 0
         for name in names:
             img = Image.fromarray(_photo(name)).convert("RGB")
-            w, h = img.size
-            s = scale_to / min(w, h)
-            img = img.resize((round(w * s), round(h * s)), Image.BICUBIC)
-            for top in range(0, img.size[1] - r_res + 1, r_res):
-                for left in range(0, img.size[0] - r_res + 1, r_res):
-                    tiles.append(np.asarray(img.crop((left, top, left + r_res, top + r_res))))
-        self.tiles = np.stack(tiles)  # one array, not a list of objects: cheap to share with workers
-        self.l_res, self.r_res = l_res, r_res
-        self.flips = flips and split == "train"
+            for size in sizes:
+                w, h = img.size
+                k = size / min(w, h)
+                arr = np.asarray(img.resize((round(w * k), round(h * k)), Image.BICUBIC))
+                flat.append(arr.reshape(-1))
+                table.append((offset, arr.shape[0], arr.shape[1]))
+                offset += arr.size
+        self.pixels = np.concatenate(flat)
+        self.table = np.asarray(table, dtype=np.int64)
+        tiles = (self.table[:, 1] // r_res) * (self.table[:, 2] // r_res)
+        self.tile_photo = np.repeat(np.arange(len(table)), tiles)  # item -> photo, in proportion to area
+        grid = [(r * r_res, c * r_res) for p, n in enumerate(tiles) for r in range(self.table[p, 1] // r_res)
+                for c in range(self.table[p, 2] // r_res)]
+        self.tile_pos = np.asarray(grid, dtype=np.int64).reshape(-1, 2)
+        self.l_res, self.r_res, self.train = l_res, r_res, split == "train"
+        self.flips = flips and self.train
 
     def __len__(self) -> int:
-        return len(self.tiles)
+        return len(self.tile_photo)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        hr = Image.fromarray(self.tiles[i])
+        p = self.tile_photo[i]
+        off, h, w = (int(v) for v in self.table[p])
+        photo = self.pixels[off : off + h * w * 3].reshape(h, w, 3)
+        if self.train:
+            top, left = random.randint(0, h - self.r_res), random.randint(0, w - self.r_res)
+        else:
+            top, left = (int(v) for v in self.tile_pos[i])
+        hr = Image.fromarray(photo[top : top + self.r_res, left : left + self.r_res])
         lr, sr = degrade(hr, self.l_res, self.r_res)
         out = [to_tensor(hr), to_tensor(sr), to_tensor(lr)]
         if self.flips:

@@ -1,5 +1,8 @@
 """Gaussian diffusion for SR3: beta schedules, respacing, the continuous-noise-level training loss
-and the samplers (ancestral, as the reference, and deterministic DDIM)."""
+and the samplers (ancestral, as the reference, and deterministic DDIM).
+
+The network predicts the noise (``eps``, the reference's parameterisation), the clean target (``x0``) or
+``v = sqrt(gamma) * eps - sqrt(1 - gamma) * x0``; :func:`split_prediction` turns any of them into both."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import numpy as np
 import torch
 
 SCHEDULES = ("linear", "cosine", "quad", "warmup10", "warmup50", "const", "jsd")
+PREDICTIONS = ("eps", "x0", "v")
 
 
 def make_betas(schedule: str, n: int, linear_start: float = 1e-4, linear_end: float = 2e-2, cosine_s: float = 8e-3) -> np.ndarray:
@@ -81,6 +85,22 @@ class Schedule:
         return {k: torch.tensor(v, dtype=torch.float32) for k, v in out.items()}
 
 
+def split_prediction(out: torch.Tensor, x: torch.Tensor, level: torch.Tensor, prediction: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(eps, x0) from the network output for ``x = level * x0 + sqrt(1 - level^2) * eps``.
+
+    The coefficients are computed in float64 (``1 - level^2`` cancels badly in float32 near level 1)."""
+    g64 = level.detach().reshape(-1, 1, 1, 1).to("cpu", torch.float64)  # on CPU: MPS has no float64
+    g, s = g64.float().to(out.device), (1 - g64**2).clamp_min(1e-20).sqrt().float().to(out.device)
+    out, x = out.float(), x.float()
+    if prediction == "eps":
+        return out, (x - s * out) / g
+    if prediction == "x0":
+        return (x - g * out) / s, out
+    if prediction == "v":
+        return s * x + g * out, g * x - s * out
+    raise ValueError(f"unknown prediction {prediction!r}; allowed: {', '.join(PREDICTIONS)}")
+
+
 def training_loss(
     net: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     hr: torch.Tensor,
@@ -88,9 +108,11 @@ def training_loss(
     schedule: Schedule,
     loss_type: str = "l1",
     residual: bool = False,
+    prediction: str = "eps",
 ) -> torch.Tensor:
     """SR3's objective: one timestep t per batch, then sqrt(gamma) per sample uniformly between the
-    schedule's levels at t-1 and t; noise the target, predict the noise, L1 (or L2) mean over pixels.
+    schedule's levels at t-1 and t; noise the target, predict the noise (or ``x0`` / ``v``), L1 (or L2)
+    mean over pixels (the reference's sum / (b*c*h*w)).
 
     ``residual``: diffuse ``hr - sr`` (the detail bicubic misses) instead of ``hr``.
     """
@@ -101,9 +123,11 @@ def training_loss(
     level = (lo + (hi - lo) * torch.rand(b, device=hr.device, dtype=torch.float64)).float()
     noise = torch.randn_like(x0)
     g = level.view(b, 1, 1, 1)
-    noisy = g * x0 + (1 - g**2).sqrt() * noise
+    s = (1 - g**2).sqrt()
+    noisy = g * x0 + s * noise
     pred = net(torch.cat([sr, noisy], dim=1), level)
-    err = pred.float() - noise.float()
+    target = {"eps": noise, "x0": x0, "v": g * noise - s * x0}[prediction]
+    err = pred.float() - target.float()
     return err.abs().mean() if loss_type == "l1" else err.pow(2).mean()
 
 
@@ -116,6 +140,7 @@ def sample(
     residual: bool = False,
     generator: Optional[torch.Generator] = None,
     progress: bool = False,
+    prediction: str = "eps",
 ) -> torch.Tensor:
     """Super-resolve: start from noise, denoise through every step of ``schedule`` (clipping x0 to [-1, 1])."""
     from tqdm.auto import tqdm
@@ -123,10 +148,9 @@ def sample(
     x = torch.randn(sr.shape, generator=generator, device="cpu").to(sr.device, sr.dtype)
     steps = range(schedule.steps - 1, -1, -1)
     for t in tqdm(steps, desc="sampling", disable=not progress, leave=False):
-        level = torch.full((sr.shape[0],), float(schedule.sqrt_alphas_cumprod_prev[t + 1]), device=sr.device)
-        eps = net(torch.cat([sr, x], dim=1), level).float()
+        level = torch.full((sr.shape[0],), schedule.sqrt_alphas_cumprod_prev[t + 1], dtype=torch.float64)
+        _, x0 = split_prediction(net(torch.cat([sr, x], dim=1), level.float().to(sr.device)), x, level, prediction)
         ac = schedule.alphas_cumprod[t]
-        x0 = (x.float() / math.sqrt(ac) - math.sqrt(1 / ac - 1) * eps)
         x0 = (x0 + sr).clamp(-1, 1) - sr if residual else x0.clamp(-1, 1)
         if sampler == "ddim":
             ac_prev = schedule.alphas_cumprod_prev[t]

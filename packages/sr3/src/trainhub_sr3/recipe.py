@@ -58,9 +58,11 @@ class SR3Model(Section):
     beta_schedule: BetaSchedules = BetaSchedules()
     eval_steps: int = Field(100, ge=1, description="sampling steps for eval and inference (respaced)")
     loss: Literal["l1", "l2"] = "l1"
+    prediction: Literal["eps", "x0", "v"] = Field("x0", description="what the UNet predicts: x0 (learns fastest on the small "
+                                                   "default), eps (the reference's; its weights need it) or v")
     residual: bool = Field(True, description="diffuse HR minus the bicubic upsampling (SRDiff-style); false = the reference's "
                            "objective, needed for its weights")
-    sampler: Literal["ancestral", "ddim"] = "ancestral"
+    sampler: Literal["ancestral", "ddim"] = Field("ddim", description="ddim: deterministic; ancestral: the reference's sampler")
 
 
 class SR3Data(Section):
@@ -150,7 +152,7 @@ class SR3Recipe(Recipe):
         if not hasattr(self, "_train_schedule"):
             self._train_schedule, _ = schedules(ctx.config.model)
         m = ctx.config.model
-        loss = training_loss(ctx.models["model"], batch["hr"], batch["sr"], self._train_schedule, m.loss, m.residual)
+        loss = training_loss(ctx.models["model"], batch["hr"], batch["sr"], self._train_schedule, m.loss, m.residual, m.prediction)
         return {"loss": loss}
 
     def evaluate(self, ctx: EvalContext) -> dict[str, float]:
@@ -166,7 +168,7 @@ class SR3Recipe(Recipe):
                 break
             hr, sr = batch["hr"].to(ctx.device), batch["sr"].to(ctx.device)
             with ctx.autocast():
-                out = sample(net, sr, sched, m.sampler, m.residual)
+                out = sample(net, sr, sched, m.sampler, m.residual, prediction=m.prediction)
             scores["psnr"].append(psnr(out, hr))
             scores["ssim"].append(ssim(out, hr))
             scores["psnr_bicubic"].append(psnr(sr, hr))
@@ -243,7 +245,7 @@ class SR3Recipe(Recipe):
             lr = to_tensor(img)[None].to(args.device)
             h, w = lr.shape[-2] * scale, lr.shape[-1] * scale
             sr = torch.nn.functional.interpolate(lr, size=(h, w), mode="bicubic", align_corners=False).clamp(-1, 1)
-            out = sample(net, sr, sched, args.sampler or m.sampler, m.residual, generator=g, progress=True)
+            out = sample(net, sr, sched, args.sampler or m.sampler, m.residual, generator=g, progress=True, prediction=m.prediction)
             save_png(out_dir / f"{p.stem}_sr.png", to_uint8_image(out[0]))
             print(f"{p} -> {out_dir / (p.stem + '_sr.png')} ({w}x{h})")
 
