@@ -1,6 +1,6 @@
-"""The README's commands run as written (training commands with --dry-run appended: one real step,
-nothing written). Commands that need files made elsewhere (a checkpoint, cfg.yaml, photos) are
-exercised by the packages' own tests."""
+"""The commands of the README and of every package's README run as written (training commands with
+--dry-run appended: one real step, nothing written). Commands that need files made elsewhere (a
+checkpoint, cfg.yaml, photos) are exercised by the packages' own tests."""
 
 from __future__ import annotations
 
@@ -12,11 +12,13 @@ from pathlib import Path
 
 import pytest
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+PACKAGE_READMES = sorted(ROOT.glob("packages/*/README.md"))
 
 
-def readme_commands() -> list[str]:
-    blocks = re.findall(r"```bash\n(.*?)```", README.read_text(), re.S)
+def readme_commands(readme: Path = README) -> list[str]:
+    blocks = re.findall(r"```bash\n(.*?)```", readme.read_text(), re.S)
     cmds = []
     for block in blocks:
         for line in block.splitlines():
@@ -26,18 +28,22 @@ def readme_commands() -> list[str]:
     return cmds
 
 
-NEEDS_FILES = ("--checkpoint", "--config", "--resume", "<", "--data.root", "--nproc-per-node")
+NEEDS_FILES = ("--checkpoint", "--config", "--resume", "<", "--data.root", "--nproc-per-node", "--path", "--input")
 
 
-@pytest.mark.parametrize("cmd", [c for c in readme_commands() if not any(t in c for t in NEEDS_FILES)])
-def test_readme_command_runs(cmd, tmp_path):
-    args = shlex.split(cmd)[1:]
-    if args[0] == "run":
-        args.append("--dry-run")
-    if args[0] == "config" and ">" in args:
-        args = args[: args.index(">")]
-    r = subprocess.run([sys.executable, "-m", "trainhub", *args], capture_output=True, text=True, cwd=tmp_path, timeout=300)
-    assert r.returncode == 0, f"{cmd}\n{r.stderr[-2000:]}"
+@pytest.mark.parametrize("readme", [README, *PACKAGE_READMES], ids=lambda p: str(p.relative_to(ROOT)))
+def test_readme_commands_run_in_order(readme, tmp_path):
+    """Each README's commands, top to bottom in one folder (a later one may read what an earlier one wrote)."""
+    for cmd in readme_commands(readme):
+        if any(t in cmd for t in NEEDS_FILES):
+            continue
+        args = shlex.split(cmd)[1:]
+        if args[0] == "run":
+            args.append("--dry-run")
+        if ">" in args:
+            args = args[: args.index(">")]
+        r = subprocess.run([sys.executable, "-m", "trainhub", *args], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+        assert r.returncode == 0, f"{readme}: {cmd}\n{r.stderr[-2000:]}"
     assert not list(tmp_path.glob("runs/*/*/checkpoints"))  # dry runs write nothing
 
 
