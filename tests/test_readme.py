@@ -21,7 +21,7 @@ def readme_commands(readme: Path = README) -> list[str]:
     blocks = re.findall(r"```bash\n(.*?)```", readme.read_text(), re.S)
     cmds = []
     for block in blocks:
-        for line in block.splitlines():
+        for line in block.replace("\\\n", " ").splitlines():  # join backslash-continued lines
             line = line.split("  #")[0].strip()
             if line.startswith("trainhub "):
                 cmds.append(line)

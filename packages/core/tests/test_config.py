@@ -125,3 +125,20 @@ def test_run_config_accepts_the_name_of_a_config_the_recipe_ships(tmp_path, monk
     with pytest.raises(ConfigError, match="config file not found: sub/narrow.yaml"):
         resolve_config(recipe, get_plugins(), "sub/narrow.yaml")
     assert shipped_configs(TinyRecipe()) == {}  # trainhub itself ships none
+
+
+def test_whole_config_validator_error_is_its_message_alone():
+    from pydantic import model_validator
+
+    class Checked(TinyConfig):
+        @model_validator(mode="after")
+        def _hidden_vs_depth(self):
+            if self.model.hidden < self.model.depth:
+                raise ValueError(f"model.hidden={self.model.hidden} must be at least model.depth={self.model.depth}")
+            return self
+
+    with pytest.raises(ConfigError) as e:
+        C.resolve(Checked, None, ["model.hidden=1", "model.depth=3"])
+    assert str(e.value) == "invalid config: model.hidden=1 must be at least model.depth=3"
+    with pytest.raises(ConfigError, match=r"^invalid config: train.lr: Input should be greater than 0 \(got -1\.0\)$"):
+        C.resolve(TinyConfig, None, ["train.lr=-1.0"])

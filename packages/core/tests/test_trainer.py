@@ -169,3 +169,21 @@ def test_epochs_and_linear_schedule(tmp_path, quiet):
     assert res.step == 12
     lrs = [json.loads(x)["lr"] for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines() if '"train"' in x]
     assert lrs[0] == pytest.approx(3e-3 * (1 - 1 / 12)) and lrs[-1] == pytest.approx(0.0)
+
+
+def test_ema_skips_non_persistent_buffers_so_ema_weights_load():
+    from trainhub.ema import EMA
+
+    class WithTable(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(3, 3)
+            self.register_buffer("pos", torch.arange(3.0), persistent=False)  # rebuilt in __init__, never saved
+            self.register_buffer("count", torch.zeros(()))
+
+    m = WithTable()
+    ema = EMA(m, decay=0.5)
+    state = ema.state_dict()
+    assert "pos" not in state and "count" in state
+    fresh = WithTable()
+    fresh.load_state_dict(state, strict=True)  # what trainhub sample/eval --ema do with ema.safetensors

@@ -264,9 +264,13 @@ def format_validation_error(e: ValidationError, root: type[BaseModel]) -> str:
             hint = f" (did you mean {'.'.join(loc[:-1] + close)!r}?)" if close else ""
             msgs.append(f"unknown key {path!r}{hint}; allowed here: {', '.join(allowed)}")
         else:
+            msg = err["msg"].removeprefix("Value error, ")
+            if not loc:  # a whole-config validator: its message names the keys itself
+                msgs.append(msg)
+                continue
             got = err.get("input")
             shown = repr(got) if not isinstance(got, (dict, list)) else type(got).__name__
-            msgs.append(f"{path}: {err['msg']} (got {shown})")
+            msgs.append(f"{path}: {msg} (got {shown})")
     return "invalid config: " + "; ".join(msgs)
 
 

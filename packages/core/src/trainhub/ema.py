@@ -17,7 +17,8 @@ class EMA:
         self.decay = decay
         # local tensors: under FSDP each rank keeps the EMA of its own shard
         self.params = {n: _local(p).detach().float().clone() for n, p in model.named_parameters()}
-        self.buffers = {n: _local(b).detach().clone() for n, b in model.named_buffers()}
+        keep = set(model.state_dict())  # non-persistent buffers are not saved with the model: not in the EMA either
+        self.buffers = {n: _local(b).detach().clone() for n, b in model.named_buffers() if n in keep}
 
     @torch.no_grad()
     def update(self, model: nn.Module, decay: float | None = None) -> None:
