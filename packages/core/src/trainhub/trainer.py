@@ -410,7 +410,7 @@ class Trainer:
         for s in self.schedulers.values():
             s.last_epoch = self.step - 1
             with warnings.catch_warnings():  # fast-forwarding before any optimizer.step() is intended here
-                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
                 s.step()
         for name, ema in self.emas.items():
             ema.copy_from(self.raw_models[name])
