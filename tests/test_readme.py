@@ -28,7 +28,8 @@ def readme_commands(readme: Path = README) -> list[str]:
     return cmds
 
 
-NEEDS_FILES = ("--checkpoint", "--config", "--resume", "<", "--data.root", "--nproc-per-node", "--path", "--input")
+NEEDS_FILES = ("--checkpoint", "--config", "--resume", "<", "--data.root", "--nproc-per-node", "--path", "--input",
+               "/path/to", "tokenizer.json", "distill.teacher=")
 
 
 @pytest.mark.parametrize("readme", [README, *PACKAGE_READMES], ids=lambda p: str(p.relative_to(ROOT)))

@@ -142,3 +142,20 @@ def test_whole_config_validator_error_is_its_message_alone():
     assert str(e.value) == "invalid config: model.hidden=1 must be at least model.depth=3"
     with pytest.raises(ConfigError, match=r"^invalid config: train.lr: Input should be greater than 0 \(got -1\.0\)$"):
         C.resolve(TinyConfig, None, ["train.lr=-1.0"])
+
+
+def test_cli_shows_a_user_error_from_a_dataloader_worker_as_its_one_line():
+    from torch._utils import ExceptionWrapper
+
+    from trainhub.cli import error_line
+    from trainhub.errors import UserError
+
+    try:
+        raise UserError("data.root=/x/broken.png: cannot read image (data.on_error=stop)")
+    except UserError:
+        wrapped = ExceptionWrapper(where="in DataLoader worker process 0")  # what torch sends back from a worker
+    with pytest.raises(UserError) as e:
+        wrapped.reraise()
+    assert "Traceback" in str(e.value)
+    assert error_line(e.value) == "data.root=/x/broken.png: cannot read image (data.on_error=stop)"
+    assert error_line(UserError("plain: message")) == "plain: message"

@@ -75,6 +75,14 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def error_line(e: BaseException) -> str:
+    """The user error's own message, also when a DataLoader worker re-raised it wrapped in its traceback."""
+    msg = str(e)
+    if "Original Traceback" in msg:
+        msg = msg.rstrip().splitlines()[-1].split(": ", 1)[-1]
+    return msg
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -83,7 +91,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"trainhub: stopped: {e}", file=sys.stderr)
         return 1
     except UserError as e:
-        print(f"trainhub: error: {e}", file=sys.stderr)
+        print(f"trainhub: error: {error_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("trainhub: interrupted", file=sys.stderr)
