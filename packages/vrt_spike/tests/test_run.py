@@ -1,0 +1,99 @@
+"""CPU runs: train, evaluate, stop, resume exactly; stage timings, cache hit rate and memory lines in the
+logs; restore a sequence from the command line; distillation from a frozen teacher; progressive crops."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from trainhub import UserError
+from trainhub.checkpoint import load_models
+from trainhub.plugins import get_plugins
+from trainhub.run import resolve_config, train
+from trainhub_vrt_spike.recipe import VRTSpikeRecipe, build_model
+
+
+def test_run_stop_resume_exactly_then_sample(tmp_path, tiny, embedded_dir, stop_at, capfd):
+    ov = tiny + ["train.max_steps=6", "train.eval_every=3", "train.checkpoint_every=3", "model.profile=true",
+                 "train.memory_log_every=2"]
+    full = train("vrt_spike", overrides=ov, run_dir=tmp_path / "full")
+    stop_at(2)
+    cut = train("vrt_spike", overrides=ov, run_dir=tmp_path / "cut")
+    assert cut.status == "interrupted" and cut.step == 2
+    res = train("vrt_spike", overrides=ov, run_dir=tmp_path / "cut", resume="auto")
+    assert res.status == "completed" and res.step == 6
+    for name in ("model.safetensors", "ema.safetensors"):
+        a, b = load_file(str(full.last_checkpoint / name)), load_file(str(res.last_checkpoint / name))
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+
+    records = [json.loads(x) for x in (full.run_dir / "metrics.jsonl").read_text().splitlines()]
+    trains = [r for r in records if r["kind"] == "train"]
+    assert {"time/stage1_ms", "time/stage8_ms", "time/fuse1_ms", "time/fuse4_ms", "time/forward_ms", "time/align_ms"} <= set(trains[-1])
+    assert trains[-1]["cache_hit_rate"] > 0  # 2 sequences x 3 frames: the second epoch is served from RAM
+    evals = [r for r in records if r["kind"] == "eval"]
+    assert {"psnr", "ssim", "psnr_blur", "ssim_blur", "psnr_gain"} <= set(evals[-1])
+    strip = full.run_dir / "samples" / "step_0000006" / "blur_restored_sharp_spike.png"
+    assert Image.open(strip).size[1] > 4 * 32  # four rows of 32-pixel frames
+
+    err = capfd.readouterr().err
+    lines = re.findall(r"^\[Step (\d+)\] Memory - Process: [\d.]+MB \([\d.]+%\), System: [\d.]+/[\d.]+GB \([\d.]+%\)$", err, re.M)
+    assert {"0", "2", "4", "6"} <= set(lines)
+    assert "[vrt_spike] DataLoader:" in err
+
+    val_seq = next(p for p in Path(embedded_dir).glob("embedded-*/val/*") if (p / "blur").is_dir())
+    r = subprocess.run([sys.executable, "-m", "trainhub", "sample", "vrt_spike", "--checkpoint", str(full.run_dir),
+                        "--input", str(val_seq), "--out", str(tmp_path / "out"), "--device", "cpu"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    restored = sorted((tmp_path / "out" / val_seq.name / "restored").glob("*.png"))
+    assert len(restored) == 3 and Image.open(restored[0]).size == (32, 32)
+    assert "PSNR" in r.stdout and (tmp_path / "out" / f"{val_seq.name}_strip.png").is_file()
+
+
+def test_distil_a_frozen_teacher_into_a_smaller_student(tmp_path, tiny, read_metrics):
+    teacher = train("vrt_spike", overrides=tiny + ["train.max_steps=2", "model.depths=[2,2,1,1,1,1,1,2]"], run_dir=tmp_path / "teacher")
+    before = load_file(str(teacher.last_checkpoint / "ema.safetensors"))
+    student_ov = tiny + ["train.max_steps=2", "model.depths=[2,1,1,1,1,1,1,1]", f"distill.teacher={teacher.run_dir}",
+                         "distill.feature_weight=0.5", "model.embed_dims=[8,8,8,8,8,8,8,8]"]
+    student = train("vrt_spike", overrides=student_ov, run_dir=tmp_path / "student")
+    last = read_metrics(student.run_dir, "train")[-1]
+    assert last["distill_output"] > 0 and last["distill_feature"] > 0 and "restore" in last
+    assert last["loss"] > last["restore"]  # the distillation terms are part of the optimised loss
+    assert not any("teacher" in p.name for p in student.last_checkpoint.iterdir())  # never saved
+    after = load_file(str(teacher.last_checkpoint / "ema.safetensors"))
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    # the student checkpoint is an ordinary one: it loads into a plain student of its config
+    cfg = resolve_config(get_plugins().recipe("vrt_spike"), get_plugins(), student.run_dir / "config.yaml", ["distill.teacher=null"])
+    load_models(student.last_checkpoint, {"model": build_model(cfg)}, ema=True)
+    with pytest.raises(UserError, match="equal width"):
+        train("vrt_spike", overrides=student_ov + ["model.embed_dims=[4,4,4,4,4,4,4,4]", "model.fuse_stages=[1]",
+                                                   "model.depths=[2,1,1,1,1,1,1,1]"], run_dir=tmp_path / "bad")
+
+
+def test_progressive_crops_and_grouped_sampling(tmp_path, tiny, capfd):
+    # the tiny embedded set has 2 train sequences of 3 frames: 4 two-frame clips = 4 steps per epoch at batch 1
+    # with loader.group_window=2 (core's GroupedSampler over the clips' sample_groups) both clips of a sequence come
+    # one after the other, so the second reuses a cached frame: hits [0, 1/2, 0, 1/2] in the first epoch (a shuffled
+    # order with seed 1 gives [0, 0, 1/2, 1/2])
+    sizes: list[int] = []
+    hits: list[float] = []
+
+    class Probe(VRTSpikeRecipe):
+        def train_step(self, batch, ctx):
+            sizes.append(batch["blur"].shape[-1])
+            hits.append(float(batch["cache_hit"].mean()))
+            return super().train_step(batch, ctx)
+
+    res = train(Probe(), overrides=tiny + ["train.seed=1", "train.max_steps=6", "train.data_schedule=[{from_epoch: 1, data: {train_crop_size: 24}}]",
+                                           "loader.group_window=2"], run_dir=tmp_path / "prog")
+    assert res.status == "completed"
+    assert sizes == [16] * 4 + [24] * 2
+    assert hits[:4] == [0.0, 0.5, 0.0, 0.5]
+    assert "data phase 0" in capfd.readouterr().out
