@@ -1,0 +1,31 @@
+"""The config schema, the shipped config, and bad input reported as one line."""
+
+from __future__ import annotations
+
+import pytest
+
+from trainhub.cli import main
+from trainhub.plugins import get_plugins
+from trainhub.run import shipped_configs
+
+
+def test_schema_and_shipped_configs(check_config_schema):
+    files = list(shipped_configs(get_plugins().recipe("timbre_gan")).values())
+    assert [f.stem for f in files] == ["wav_folder"]
+    check_config_schema("timbre_gan", files=files)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.generator.kernel_size=4", "model.generator.kernel_size: must be odd"),
+    ("data.segment_seconds=0.01", "n_fft/2 < the segment length (160 samples)"),
+    ("data.root={tmp}/nothing_here", "is not a prepared folder"),
+    ("data.source_dir={tmp}/no_such_folder", "is not a folder"),
+    ("data.val_every=0", "data.val_every=0 holds out no validation files"),
+    ("data.val_every=3 data.synth.num_files=2 data.synth.seconds=1.0", "has no validation pairs (data.val_every=3"),
+])
+def test_bad_input_is_one_line_error(override, message, tmp_path, capsys):
+    rc = main(["run", "timbre_gan", *override.format(tmp=tmp_path).split(), f"data.cache_dir={tmp_path}/cache", "--run-dir",
+               str(tmp_path / "run"), "loggers.console.progress_bar=false"])
+    err = capsys.readouterr().err.strip()  # preparation's progress may come first; the error is its last line
+    assert rc == 2 and "Traceback" not in err and err.count("trainhub: error") == 1, err
+    assert err.splitlines()[-1].startswith("trainhub: error") and message in err.splitlines()[-1], err
