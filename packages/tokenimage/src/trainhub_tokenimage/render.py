@@ -1,0 +1,36 @@
+"""Decoded text drawn as a picture, so eval samples can be read in TensorBoard/wandb image panels."""
+
+from __future__ import annotations
+
+import textwrap
+from typing import Sequence
+
+import numpy as np
+
+
+def text_panel(texts: Sequence[str], width: int = 640, max_lines: int = 14) -> np.ndarray:
+    """One box per text (wrapped, at most ``max_lines`` lines each), stacked: ``H x W x 3`` uint8."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default()
+    char_w = max(1.0, font.getlength("abcdefghij") / 10)
+    line_h = 12
+    cols = max(10, int((width - 12) / char_w))
+    boxes = []
+    for text in texts:
+        lines: list[str] = []
+        for para in text.splitlines() or [""]:
+            lines += textwrap.wrap(para, cols, replace_whitespace=False, drop_whitespace=False) or [""]
+        if len(lines) > max_lines:
+            lines = lines[: max_lines - 1] + ["[...]"]
+        boxes.append(lines)
+    height = sum(len(b) * line_h + 12 for b in boxes) + 2
+    img = Image.new("RGB", (width, max(height, 16)), "white")
+    draw = ImageDraw.Draw(img)
+    y = 2
+    for lines in boxes:
+        draw.rectangle([2, y, width - 3, y + len(lines) * line_h + 8], outline=(160, 160, 160))
+        for j, line in enumerate(lines):
+            draw.text((6, y + 4 + j * line_h), line, fill=(0, 0, 0), font=font)
+        y += len(lines) * line_h + 12
+    return np.asarray(img)
