@@ -1,0 +1,113 @@
+"""Checkpoints of the official DiT code (facebookresearch/DiT).
+
+Two formats exist: the released weights (``DiT-XL-2-256x256.pt``: a plain state dict, EMA weights) and the
+training checkpoints of its ``train.py`` (``0050000.pt``: ``{"model", "ema", "opt", "args"}``, where ``args`` is an
+``argparse.Namespace``). Both are read with ``torch.load(weights_only=True)``; the Namespace is allow-listed with
+``torch.serialization.safe_globals`` and nothing else is unpickled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from trainhub import UserError
+
+# rows of the class table depend on the number of classes: a fine-tune to other classes keeps ours
+CLASS_TABLE = "y_embedder.embedding_table.weight"
+
+
+@dataclass
+class OfficialCheckpoint:
+    model: dict[str, torch.Tensor]
+    ema: Optional[dict[str, torch.Tensor]] = None
+    opt: Optional[dict[str, Any]] = None
+    args: Optional[argparse.Namespace] = None
+
+
+def _strip(sd: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Drop DDP / torch.compile prefixes."""
+    out = {}
+    for k, v in sd.items():
+        for prefix in ("module.", "_orig_mod."):
+            if k.startswith(prefix):
+                k = k[len(prefix):]
+        out[k] = v
+    return out
+
+
+def read(path: str | Path) -> OfficialCheckpoint:
+    """Read an official checkpoint (plain state dict or training checkpoint) without unpickling arbitrary objects."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{p}: no such checkpoint file")
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 (any unpickling refusal is reported the same way)
+        raise UserError(f"{p}: cannot be read as a DiT checkpoint with weights_only=True ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0]})") from None
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        return OfficialCheckpoint(_strip(obj["model"]), _strip(obj["ema"]) if isinstance(obj.get("ema"), dict) else None,
+                                  obj.get("opt"), obj.get("args"))
+    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return OfficialCheckpoint(_strip(obj))
+    raise UserError(f"{p}: neither a DiT state dict nor a training checkpoint with a 'model' entry")
+
+
+def load_weights(model: nn.Module, sd: dict[str, torch.Tensor], source: str = "checkpoint") -> list[str]:
+    """Load an official state dict into our :class:`~trainhub_dit.model.DiT`; returns notes on what was kept.
+
+    Every key must exist with the same shape, except the class table when the number of classes differs (a
+    fine-tune on other classes): ours is kept and noted.
+    """
+    own = model.state_dict()
+    missing = sorted(set(own) - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    if missing or unexpected:
+        raise UserError(f"{source}: keys do not match this DiT: missing {missing[:4]}, unexpected {unexpected[:4]} "
+                        "(is model.name the architecture the checkpoint was trained with?)")
+    notes, load = [], {}
+    for k, v in sd.items():
+        if v.shape == own[k].shape:
+            load[k] = v
+        elif k == CLASS_TABLE:
+            notes.append(f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}: class count differs, "
+                         "kept freshly initialised")
+        else:
+            raise UserError(f"{source}: {k} has shape {tuple(v.shape)} in the checkpoint but {tuple(own[k].shape)} here "
+                            "(check model.name, model.input_size / data.image_size, model.in_channels, model.learn_sigma)")
+    model.load_state_dict(load, strict=False)
+    return notes
+
+
+def load_optimizer(opt: torch.optim.Optimizer, model: nn.Module, official: dict[str, Any], order: list[str]) -> int:
+    """Move Adam moments from the official optimizer state onto ours; returns the step it had reached.
+
+    ``order`` names the official parameters in optimizer order (its state dict's keys: ``pos_embed`` first, a frozen
+    parameter without state there, a buffer here). Our hyperparameters (lr, betas, fused) stay as configured.
+    """
+    ours = {id(p): i for i, p in enumerate(p for g in opt.param_groups for p in g["params"])}
+    by_name = {n: ours[id(p)] for n, p in model.named_parameters() if id(p) in ours}
+    state: dict[int, Any] = {}
+    for i, name in enumerate(order):
+        if i in official.get("state", {}) and name in by_name:
+            state[by_name[name]] = official["state"][i]
+    if not state:
+        return 0
+    sd = opt.state_dict()
+    sd["state"] = state
+    opt.load_state_dict(sd)
+    return int(float(next(iter(state.values()))["step"]))
+
+
+def step_from_name(path: str | Path) -> Optional[int]:
+    """``.../0050000.pt`` -> 50000 (the reference names training checkpoints by step)."""
+    m = re.fullmatch(r"(\d+)\.pt", Path(path).name)
+    return int(m.group(1)) if m else None

@@ -1,0 +1,107 @@
+"""Datasets: embedded classes, custom folder, class-per-subfolder, COCO; crop, size, subset, flips; config errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from trainhub import UserError
+from trainhub.run import resolve_config
+from trainhub_dit.data import EmbeddedShapes, center_crop_image, coco, custom_folder, image_folder
+from trainhub_dit.recipe import DiTRecipe
+
+
+def write_image(path, w: int, h: int, color: tuple[int, int, int]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = np.zeros((h, w, 3), np.uint8)
+    arr[:] = color
+    arr[:, : w // 4] = 255  # a white band on the left, to see flips
+    Image.fromarray(arr).save(path)
+
+
+def test_embedded_classes_are_distinct_and_deterministic() -> None:
+    ds = EmbeddedShapes(8, 32, hflip=False)
+    items = [ds[i] for i in range(8)]
+    assert [int(it["y"]) for it in items] == [0, 1, 2, 3, 0, 1, 2, 3]
+    assert items[0]["x"].shape == (3, 32, 32) and -1 <= items[0]["x"].min() and items[0]["x"].max() <= 1
+    assert torch.equal(ds[5]["x"], items[5]["x"])
+    # the class colour dominates: red, green, blue, yellow (R+G) on average over the bright pixels
+    for it, channel in zip(items[:4], (0, 1, 2, 0)):
+        bright = it["x"][:, it["x"].max(0).values > 0.3]
+        assert bright.mean(1).argmax() == channel
+    assert not torch.equal(EmbeddedShapes(8, 32, "val", hflip=False)[0]["x"], items[0]["x"])
+
+
+def test_center_crop_keeps_the_middle_at_the_size() -> None:
+    img = Image.new("RGB", (300, 100), (0, 0, 0))
+    img.paste((255, 255, 255), (100, 0, 200, 100))  # the middle third is white
+    out = center_crop_image(img, 32)
+    assert out.size == (32, 32) and np.asarray(out).mean() > 250
+
+
+def test_folders_and_coco(tmp_path) -> None:
+    for i, (name, color) in enumerate([("cat", (200, 0, 0)), ("dog", (0, 200, 0))]):
+        for j in range(3):
+            write_image(tmp_path / "folder" / name / f"{j}.png", 40 + j, 30, color)
+    write_image(tmp_path / "folder" / "notes" / "x.txt.png", 10, 10, (0, 0, 0))
+    ds = image_folder(tmp_path / "folder", image_size=16, center_crop=True, hflip=False)
+    assert ds.classes == ("cat", "dog", "notes") and list(ds.labels) == [0, 0, 0, 1, 1, 1, 2]
+    x = ds[0]["x"]
+    assert x.shape == (3, 16, 16) and x[0, 8, 8] > 0.5 and x[1, 8, 8] < -0.9
+    assert len(image_folder(tmp_path / "folder", image_size=16, num_samples=4)) == 4
+    assert set(custom_folder(tmp_path / "folder", image_size=8).labels) == {0}
+
+    ann = {"images": [{"id": 1, "file_name": "cat/0.png"}, {"id": 2, "file_name": "dog/1.png"}, {"id": 3, "file_name": "dog/2.png"}],
+           "annotations": [{"image_id": 1, "category_id": 17, "area": 5.0}, {"image_id": 1, "category_id": 3, "area": 50.0},
+                           {"image_id": 2, "category_id": 17, "area": 9.0}],
+           "categories": [{"id": 3, "name": "cat"}, {"id": 17, "name": "dog"}]}
+    (tmp_path / "ann.json").write_text(json.dumps(ann))
+    c = coco(tmp_path / "folder", tmp_path / "ann.json", image_size=16, hflip=False)
+    assert c.classes == ("cat", "dog") and list(c.labels) == [0, 1] and len(c) == 2  # image 3 has no annotation
+    assert len(coco(tmp_path / "folder", tmp_path / "ann.json", "none", image_size=16)) == 3
+
+
+def test_flips_follow_the_global_rng(tmp_path) -> None:
+    write_image(tmp_path / "a" / "0.png", 16, 16, (0, 0, 0))
+    ds = custom_folder(tmp_path / "a", image_size=16, hflip=True)
+    seen = set()
+    for s in range(20):
+        torch.manual_seed(s)
+        seen.add(float(ds[0]["x"][0, 0, 0]))
+    assert seen == {1.0, -1.0}
+
+
+def test_config_mistakes_are_one_line_errors(tmp_path) -> None:
+    from trainhub.plugins import get_plugins
+
+    recipe = DiTRecipe()
+    plugins = get_plugins()
+    with pytest.raises(UserError, match="needs data.root"):
+        recipe.build_data(resolve_config(recipe, plugins, None, ["data.source=imagefolder"]))
+    write_image(tmp_path / "f" / "a" / "0.png", 8, 8, (1, 2, 3))
+    write_image(tmp_path / "f" / "b" / "0.png", 8, 8, (1, 2, 3))
+    cfg = resolve_config(recipe, plugins, None, ["data.source=imagefolder", f"data.root={tmp_path / 'f'}", "model.num_classes=1"])
+    with pytest.raises(UserError, match="set model.num_classes=2"):
+        recipe.build_data(cfg)
+    with pytest.raises(UserError, match="not divisible by the patch size"):
+        recipe.build_models(resolve_config(recipe, plugins, None, ["data.image_size=30"]))
+    with pytest.raises(UserError, match="needs data.annotations"):
+        recipe.build_data(resolve_config(recipe, plugins, None, ["data.source=coco", f"data.root={tmp_path}"]))
+
+
+def test_unreadable_images_are_skipped_or_stop_the_run(tmp_path, capsys) -> None:
+    write_image(tmp_path / "a" / "0.png", 8, 8, (255, 0, 0))
+    (tmp_path / "a" / "1.png").write_bytes(b"not a png")
+    write_image(tmp_path / "a" / "2.png", 8, 8, (0, 255, 0))
+    ds = custom_folder(tmp_path / "a", image_size=8, hflip=False)
+    assert torch.equal(ds[1]["x"], ds[2]["x"])  # replaced by the next readable image, the same one every time
+    assert torch.equal(ds[1]["x"], ds[2]["x"])
+    err = capsys.readouterr().err
+    assert err.count("skipping an unreadable image") == 1 and "1.png" in err
+    strict = custom_folder(tmp_path / "a", image_size=8, on_error="stop")
+    with pytest.raises(UserError, match=r"cannot read image .*1\.png \(UnidentifiedImageError\)$"):
+        strict[1]
