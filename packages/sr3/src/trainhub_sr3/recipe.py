@@ -163,12 +163,13 @@ class SR3Recipe(Recipe):
         shown: list[torch.Tensor] = []
         limit = ctx.config.data.val_len
         seen = 0
+        g = torch.Generator().manual_seed(0)  # the same starting noise at every eval: scores follow the model only
         for batch in ctx.data or []:
             if 0 < limit <= seen:
                 break
             hr, sr = batch["hr"].to(ctx.device), batch["sr"].to(ctx.device)
             with ctx.autocast():
-                out = sample(net, sr, sched, m.sampler, m.residual, prediction=m.prediction)
+                out = sample(net, sr, sched, m.sampler, m.residual, generator=g, prediction=m.prediction)
             scores["psnr"].append(psnr(out, hr))
             scores["ssim"].append(ssim(out, hr))
             scores["psnr_bicubic"].append(psnr(sr, hr))
