@@ -1,6 +1,6 @@
 """Trainer overhead: the same model, data and optimizer through trainhub and through a hand-written loop.
 
-Both sides: the built-in tiny MLP on SyntheticRegression, AdamW, gradient clipping at 1.0, a
+Both sides: the built-in tiny MLP on SyntheticRegression (same input jitter), AdamW, gradient clipping at 1.0, a
 DataLoader with the same batch size and workers. trainhub additionally does what it always does
 (per-sample seeding for exact resume, metrics, hooks, non-finite checks); EMA, eval and checkpoints
 are off so the comparison is step against step. Prints the median step time of each and the ratio
@@ -30,7 +30,7 @@ def plain_loop(args: argparse.Namespace, device: torch.device, clock: StepClock)
     torch.manual_seed(0)
     model = TinyMLP(args.dim, args.hidden, args.depth, 0.0).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=True)
-    data = SyntheticRegression(args.samples, args.dim)
+    data = SyntheticRegression(args.samples, args.dim, jitter=args.jitter)
     loader = DataLoader(data, batch_size=args.batch, shuffle=True, drop_last=True, num_workers=args.workers,
                         persistent_workers=args.workers > 0)
     step = 0
@@ -61,6 +61,7 @@ def trainhub_loop(args: argparse.Namespace, clock: StepClock) -> None:
         overrides = [
             f"train.max_steps={args.steps}", f"train.batch_size={args.batch}", f"model.hidden={args.hidden}",
             f"model.depth={args.depth}", f"model.dim={args.dim}", "model.dropout=0", f"data.num_samples={args.samples}",
+            f"data.jitter={args.jitter}",
             "data.val_samples=0", "train.ema.enabled=false", "train.eval_at_end=false", "train.best_metric=null",
             "train.lr=1e-3", "train.log_every=25", "train.fused=false", f"loader.num_workers={args.workers}",
             "loggers.console.progress_bar=false", f"train.device={args.device}", "train.precision=fp32",
@@ -81,6 +82,7 @@ def main() -> None:
     p.add_argument("--depth", type=int, default=3)
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--samples", type=int, default=8192)
+    p.add_argument("--jitter", type=float, default=0.01, help="input-noise augmentation on both sides (the tiny recipe's default)")
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--repeats", type=int, default=3, help="alternate the two loops this many times")
