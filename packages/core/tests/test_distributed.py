@@ -103,19 +103,13 @@ def test_resume_with_another_world_size_is_refused(tmp_path):
 
 
 FSDP_SCRIPT = """
-import signal, sys
-from trainhub import hookimpl
+import sys
 from trainhub.plugins import get_plugins
 from trainhub.run import train
-
-class StopAt:
-    @hookimpl
-    def trainhub_step_end(self, run, step, metrics):
-        if step == int(sys.argv[2]):
-            signal.raise_signal(signal.SIGTERM)
+from trainhub.testing import StopAt
 
 if sys.argv[2] != "0":
-    get_plugins().pm.register(StopAt(), name="stop")
+    get_plugins().pm.register(StopAt(int(sys.argv[2])), name="stop")
 train("tiny", overrides=sys.argv[4:], run_dir=sys.argv[1], resume=None if sys.argv[3] == "-" else sys.argv[3])
 """
 

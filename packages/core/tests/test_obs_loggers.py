@@ -79,26 +79,13 @@ def offline_runs(run_dir: Path) -> list[Path]:
     return sorted((run_dir / "wandb").glob("offline-run-*"))
 
 
-class StopAt:
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    @hookimpl
-    def trainhub_step_end(self, run, step, metrics):
-        if step == self.n:
-            import signal
-
-            self.n = -1
-            signal.raise_signal(signal.SIGTERM)
-
-
-def test_wandb_offline_logs_metrics_media_config_artifact_and_resumes_the_same_run(wandb_env, quiet, monkeypatch, trainhub_register):
+def test_wandb_offline_logs_metrics_media_config_artifact_and_resumes_the_same_run(wandb_env, quiet, monkeypatch, stop_at):
     monkeypatch.setenv("WANDB_API_KEY", KEY)
     rd = wandb_env / "r"
     ov = quiet + ["loggers.wandb.enabled=true", "loggers.wandb.mode=offline", "loggers.wandb.project=proj",
                   "loggers.wandb.tags=[a,b]", "loggers.wandb.log_eval=true", "loggers.wandb.log_checkpoints=true",
                   "train.eval_every=5", "train.max_steps=15", "data.num_samples=256", "data.val_samples=32"]
-    trainhub_register(StopAt(10))
+    stop_at(10)
     res = train(WithMedia(), overrides=ov, run_dir=rd)
     assert res.status == "interrupted" and res.step == 10
     (first,) = offline_runs(rd)

@@ -82,16 +82,8 @@ def test_disk_budget_stops_tensors_keeps_statistics(tmp_path, quiet):
     assert json.loads((root / "summary_statistics.json").read_text())["over_budget"] is True
 
 
-def test_resume_continues_history(tmp_path, quiet, trainhub_register):
-    class StopAt4:
-        @hookimpl
-        def trainhub_step_end(self, run, step, metrics):
-            if step == 4 and not run.resumed:
-                import signal
-
-                signal.raise_signal(signal.SIGTERM)
-
-    trainhub_register(StopAt4())
+def test_resume_continues_history(tmp_path, quiet, stop_at):
+    stop_at(4)
     ov = quiet + ["loggers.param_outputs.enabled=true", "loggers.param_outputs.save_param_freq=2", "train.max_steps=8",
                   "loggers.param_outputs.plots=false", "loggers.param_outputs.layers_to_monitor=[model.net.0]"]
     assert train("tiny", overrides=ov, run_dir=tmp_path / "r").status == "interrupted"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 
@@ -11,25 +10,13 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from trainhub import hookimpl
 from trainhub.run import train
 
 
-class StopAt:
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    @hookimpl
-    def trainhub_step_end(self, run, step, metrics):
-        if step == self.n:
-            self.n = -1
-            signal.raise_signal(signal.SIGTERM)
-
-
-def test_30_steps_resume_exactly_and_evaluate(tmp_path, tiny, trainhub_register):
+def test_30_steps_resume_exactly_and_evaluate(tmp_path, tiny, stop_at):
     ov = tiny + ["train.max_steps=30", "train.eval_every=15", "train.checkpoint_every=15"]
     full = train("sr3", overrides=ov, run_dir=tmp_path / "full")
-    trainhub_register(StopAt(12))
+    stop_at(12)
     cut = train("sr3", overrides=ov, run_dir=tmp_path / "cut")
     assert cut.status == "interrupted" and cut.step == 12
     res = train("sr3", overrides=ov, run_dir=tmp_path / "cut", resume="auto")

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import signal
-
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
 from safetensors.torch import load_file
 
-from trainhub import hookimpl
 from trainhub.cli import main
 from trainhub.plugins import get_plugins
 from trainhub.run import resolve_config, train
@@ -21,17 +18,6 @@ from trainhub_timbre_gan.recipe import prepared_dir
 # 8 train pairs / batch 4 = 2 steps per epoch: epochs 0-1 (steps 1-4) reconstruction only, epoch 2 (steps 5-6) GAN
 SCHEDULE = ["train.epochs=3", "gan.gan_start_epoch=2", "gan.warmup_epochs=2", "train.checkpoint_every=4",
             "train.eval_every=0", "train.eval_at_end=false", "train.ema.decay=0.5", "gan.explode_limit=1e-6"]
-
-
-class StopAt:
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    @hookimpl
-    def trainhub_step_end(self, run, step, metrics):
-        if step == self.n:
-            self.n = -1
-            signal.raise_signal(signal.SIGTERM)
 
 
 @pytest.fixture(scope="module")
@@ -85,8 +71,8 @@ def test_metrics_show_the_switch_the_warmup_and_a_discriminator_warning(full_run
     assert [w["warning"] for w in warnings] == ["discriminator_explode"] and warnings[0]["step"] == 5
 
 
-def test_resume_across_the_gan_start_is_exact(tiny, full_run, tmp_path, trainhub_register):
-    trainhub_register(StopAt(3))
+def test_resume_across_the_gan_start_is_exact(tiny, full_run, tmp_path, stop_at):
+    stop_at(3)
     cut = train("timbre_gan", overrides=tiny + SCHEDULE, run_dir=tmp_path / "cut")
     assert cut.status == "interrupted" and cut.step == 3
     res = train("timbre_gan", overrides=tiny + SCHEDULE, run_dir=tmp_path / "cut", resume="auto")
