@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
 import time
-from pathlib import Path
 from typing import Any, Optional
 
 import torch
@@ -32,8 +30,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from trainhub import hookimpl
 from trainhub.recipe import StepContext
-from trainhub.run import resolve_config, train
-from trainhub.throughput import StepClock, count_flops, device_peak, measured_matmul_peak, mfu
+from trainhub.run import resolve_config
+from trainhub.throughput import StepClock, count_flops, device_peak, measured_matmul_peak, mfu, timed_train
 from trainhub.trainer import to_device
 from trainhub_dit.recipe import DiTRecipe
 
@@ -142,22 +140,9 @@ class EvalAtEnd:
 
 
 def trainhub_loop(recipe: DiTRecipe, ov: list[str], config: Any, device: torch.device, steps: int, warmup: int) -> tuple[list[float], float, float]:
-    from trainhub.plugins import get_plugins
-
-    plugins = get_plugins()
-    clock, scorer = StepClock(device), EvalAtEnd(recipe, config, device)
-    plugins.pm.register(clock, name="bench-dit-clock")
-    plugins.pm.register(scorer, name="bench-dit-eval")
-    try:
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        with tempfile.TemporaryDirectory() as d:
-            train(recipe, overrides=ov + [f"train.max_steps={steps + warmup + 1}"], run_dir=Path(d) / "run")
-        peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0
-    finally:
-        plugins.pm.unregister(name="bench-dit-clock")
-        plugins.pm.unregister(name="bench-dit-eval")
-    return clock.deltas(warmup)[0], peak, scorer.loss
+    scorer = EvalAtEnd(recipe, config, device)
+    run = timed_train(recipe, ov + [f"train.max_steps={steps + warmup + 1}"], device, warmup, plugins=(scorer,))
+    return run.wall, run.peak_mb, scorer.loss
 
 
 def main() -> None:

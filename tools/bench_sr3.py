@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
 import time
-from pathlib import Path
 from typing import Any, Optional
 
 import torch
@@ -33,8 +31,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from trainhub import hookimpl
 from trainhub.recipe import StepContext
-from trainhub.run import resolve_config, train
-from trainhub.throughput import StepClock, count_flops, device_peak, measured_matmul_peak, mfu
+from trainhub.run import resolve_config
+from trainhub.throughput import StepClock, count_flops, device_peak, measured_matmul_peak, mfu, timed_train
 from trainhub.trainer import to_device
 from trainhub_sr3.data import EmbeddedPhotos
 from trainhub_sr3.diffusion import training_loss
@@ -150,22 +148,9 @@ class EvalAtEnd:
 def trainhub_loop(recipe: SR3Recipe, overrides: list[str], config: Any, device: torch.device, steps: int,
                   warmup: int) -> tuple[list[float], float, float]:
     """The same steps through ``trainhub.run.train``; returns (step seconds, peak MB, eval loss)."""
-    from trainhub.plugins import get_plugins
-
-    plugins = get_plugins()
-    clock, scorer = StepClock(device), EvalAtEnd(config, device)
-    plugins.pm.register(clock, name="bench-sr3-clock")
-    plugins.pm.register(scorer, name="bench-sr3-eval")
-    try:
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        with tempfile.TemporaryDirectory() as d:
-            train(recipe, overrides=overrides + [f"train.max_steps={steps + warmup + 1}"], run_dir=Path(d) / "run")
-        peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0
-    finally:
-        plugins.pm.unregister(name="bench-sr3-clock")
-        plugins.pm.unregister(name="bench-sr3-eval")
-    return clock.deltas(warmup)[0], peak, scorer.loss
+    scorer = EvalAtEnd(config, device)
+    run = timed_train(recipe, overrides + [f"train.max_steps={steps + warmup + 1}"], device, warmup, plugins=(scorer,))
+    return run.wall, run.peak_mb, scorer.loss
 
 
 def main() -> None:

@@ -20,7 +20,6 @@ the trainer on the first step), and MFU on CUDA.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import statistics
@@ -76,9 +75,7 @@ def bench_prep(files: int, shards: int, seconds: float) -> list[dict[str, Any]]:
 
 
 def bench_train(device: str, tiny: bool, batch: int | None, steps: int, warmup: int, compile_: bool, precision: str) -> list[dict[str, Any]]:
-    from trainhub.plugins import get_plugins
-    from trainhub.run import train
-    from trainhub.throughput import StepClock
+    from trainhub.throughput import timed_train
 
     dev = torch.device(device)
     rows = []
@@ -90,21 +87,10 @@ def bench_train(device: str, tiny: bool, batch: int | None, steps: int, warmup: 
             "loggers.console.enabled=false", f"train.compile={str(compile_).lower()}"]
         if batch:
             ov.append(f"train.batch_size={batch}")
-        clock = StepClock(dev)
-        plugins = get_plugins()
-        plugins.pm.register(clock, name="bench-clock")
-        try:
-            with tempfile.TemporaryDirectory() as d:
-                train("timbre_gan", overrides=ov, run_dir=Path(d) / "run")
-                lines = [json.loads(x) for x in (Path(d) / "run" / "metrics.jsonl").read_text().splitlines()]
-                config = (Path(d) / "run" / "config.yaml").read_text()
-        finally:
-            plugins.pm.unregister(name="bench-clock")
-        wall, cpu = clock.deltas(warmup)
-        last = [x for x in lines if x["kind"] == "train"][-1]
-        b = int(next(line.split(":")[1] for line in config.splitlines() if line.strip().startswith("batch_size:")))
-        t = statistics.median(wall)
-        rows.append({"phase": phase, "batch": b, "step_s": t, "cpu_step_s": statistics.median(cpu), "samples_per_s": b / t,
+        run = timed_train("timbre_gan", ov, dev, warmup)
+        last, b = run.last_train, int(run.config["train"]["batch_size"])
+        t = statistics.median(run.wall)
+        rows.append({"phase": phase, "batch": b, "step_s": t, "cpu_step_s": statistics.median(run.cpu), "samples_per_s": b / t,
                      "gflops": last.get("flops_per_sample", 0.0) * b / t / 1e9, "mfu": last.get("mfu"),
                      "peak_mb": last.get("cuda_max_alloc_mb", 0.0)})
     return rows

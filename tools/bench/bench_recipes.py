@@ -14,10 +14,7 @@ reference train.py does it. Both in one run on the same device; prints and write
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -26,8 +23,8 @@ import torch
 
 from trainhub.plugins import get_plugins
 from trainhub.recipe import StepContext
-from trainhub.run import resolve_config, train
-from trainhub.throughput import StepClock, device_peak, mfu
+from trainhub.run import resolve_config
+from trainhub.throughput import StepClock, device_peak, mfu, timed_train
 from trainhub.trainer import to_device
 
 MARK_BEGIN, MARK_END = "<!-- bench_recipes:begin -->", "<!-- bench_recipes:end -->"
@@ -78,20 +75,8 @@ def plain_loop(recipe: Any, config: Any, device: torch.device, steps: int, warmu
 
 
 def trainhub_loop(name: str, overrides: list[str], steps: int, warmup: int, device: torch.device) -> tuple[list[float], dict]:
-    plugins = get_plugins()
-    clock = StepClock(device)
-    plugins.pm.register(clock, name="bench-clock")
-    try:
-        with tempfile.TemporaryDirectory() as d:
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            train(name, overrides=overrides + [f"train.max_steps={steps + warmup}", f"train.log_every={steps + warmup}"],
-                  run_dir=Path(d) / "run")
-            lines = [json.loads(x) for x in (Path(d) / "run" / "metrics.jsonl").read_text().splitlines()]
-    finally:
-        plugins.pm.unregister(name="bench-clock")
-    last = [x for x in lines if x["kind"] == "train"][-1]
-    return clock.deltas(warmup)[0], last
+    run = timed_train(name, overrides + [f"train.max_steps={steps + warmup}", f"train.log_every={steps + warmup}"], device, warmup)
+    return run.wall, run.last_train
 
 
 def main() -> None:
