@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from dataclasses import dataclass
@@ -105,6 +104,7 @@ def timed_train(recipe: Any, overrides: list[str], device: torch.device, warmup:
     ``plugins`` registered for the run only (``overrides`` set the steps, logging and device)."""
     import yaml
 
+    from trainhub.analyze import read_records
     from trainhub.plugins import get_plugins
     from trainhub.run import train
 
@@ -118,7 +118,7 @@ def timed_train(recipe: Any, overrides: list[str], device: torch.device, warmup:
         with tempfile.TemporaryDirectory() as d:
             run_dir = Path(d) / "run"
             train(recipe, overrides=overrides, run_dir=run_dir)
-            records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+            records, _ = read_records(run_dir)
             config = yaml.safe_load((run_dir / "config.yaml").read_text())
         peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0
     finally:
