@@ -222,6 +222,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from trainhub import EvalContext, Recipe, RunConfig, Section, StepContext, TrainConfig, UserError
+from trainhub.image_quality import psnr
 from trainhub.media import make_grid, save_png, to_uint8_image
 from trainhub.plugins import get_plugins
 
@@ -251,12 +252,6 @@ class ${Title}Config(RunConfig):
     loss: LossConfig = LossConfig()
     train: TrainConfig = TrainConfig(max_steps=400, batch_size=16, lr=2e-3, eval_every=100, log_every=20,
                                      best_metric="psnr", best_mode="max", ema=dict(decay=0.99))
-
-
-def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR in dB for images in [-1, 1]."""
-    mse = ((pred.float().clamp(-1, 1) - target.float()) ** 2).flatten(1).mean(1)
-    return 10 * torch.log10(4.0 / mse.clamp_min(1e-10))
 
 
 class ${Title}Recipe(Recipe):
@@ -297,8 +292,8 @@ class ${Title}Recipe(Recipe):
             noisy, clean = batch["input"].to(ctx.device), batch["target"].to(ctx.device)
             with ctx.autocast():
                 out = ctx.models["model"](noisy)
-            scores.append(psnr(out, clean))
-            baseline.append(psnr(noisy, clean))
+            scores.append(psnr(out.float().clamp(-1, 1), clean.float(), data_range=2.0))  # images in [-1, 1]
+            baseline.append(psnr(noisy.float().clamp(-1, 1), clean.float(), data_range=2.0))
             if not shown:
                 k = min(8, len(clean))
                 shown = [t.float().clamp(-1, 1).cpu() for pair in zip(noisy[:k], out[:k], clean[:k]) for t in pair]
