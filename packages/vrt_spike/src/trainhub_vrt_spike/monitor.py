@@ -14,7 +14,7 @@ from typing import Any
 
 import psutil
 
-WARN_PERCENT = 90.0
+from trainhub.memory import WARN_PERCENT  # the same threshold as the trainer's memory watchdog
 
 
 def memory_line(step: int) -> tuple[str, float]:
