@@ -187,3 +187,20 @@ def test_ema_skips_non_persistent_buffers_so_ema_weights_load():
     assert "pos" not in state and "count" in state
     fresh = WithTable()
     fresh.load_state_dict(state, strict=True)  # what trainhub sample/eval --ema do with ema.safetensors
+
+
+def test_assert_same_weights_names_what_differs(tmp_path):
+    from safetensors.torch import save_file
+
+    from trainhub.testing import assert_same_weights
+
+    for name, bias in (("a", 0.0), ("b", 0.0), ("c", 1.0)):
+        (tmp_path / name).mkdir()
+        save_file({"w": torch.ones(2), "b": torch.full((2,), bias)}, str(tmp_path / name / "model.safetensors"))
+    save_file({"w": torch.ones(2)}, str(tmp_path / "c" / "ema.safetensors"))
+    save_file({"w": torch.ones(2), "extra": torch.zeros(1)}, str(tmp_path / "a" / "ema.safetensors"))
+    assert_same_weights(tmp_path / "a", tmp_path / "b")
+    with pytest.raises(AssertionError, match=r"model.safetensors: 1 tensors differ, e.g. \['b'\]"):
+        assert_same_weights(tmp_path / "a", tmp_path / "c")
+    with pytest.raises(AssertionError, match=r"ema.safetensors: different tensors \['extra'\]"):
+        assert_same_weights(tmp_path / "a", tmp_path / "c", ("ema.safetensors",))

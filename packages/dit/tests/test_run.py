@@ -7,11 +7,10 @@ import json
 
 import torch
 from PIL import Image
-from safetensors.torch import load_file
 
 from trainhub.cli import main
 from trainhub.run import train
-from trainhub.testing import assert_config_schema
+from trainhub.testing import assert_config_schema, assert_same_weights
 
 
 def test_config_schema_and_shipped_configs() -> None:
@@ -40,9 +39,7 @@ def test_run_resumes_exactly_and_samples(tmp_path, micro, stop_at, capsys) -> No
     assert cut.status == "interrupted" and cut.step == 5
     res = train("dit", overrides=ov, run_dir=tmp_path / "cut", resume="auto")
     assert res.step == 10
-    for f in ("model.safetensors", "ema.safetensors"):
-        a, b = load_file(str(full.last_checkpoint / f)), load_file(str(res.last_checkpoint / f))
-        assert all(torch.equal(a[k], b[k]) for k in a), f
+    assert_same_weights(full.last_checkpoint, res.last_checkpoint, ("model.safetensors", "ema.safetensors"))
     assert (res.run_dir / "checkpoints" / "checkpoint-epoch-1").is_dir()
     evals = [json.loads(x) for x in (res.run_dir / "metrics.jsonl").read_text().splitlines() if '"eval"' in x]
     assert {"val_loss", "val_mse", "val_vb"} <= set(evals[-1]) and "fid" not in evals[-1]

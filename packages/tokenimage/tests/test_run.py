@@ -8,13 +8,12 @@ import math
 from pathlib import Path
 
 import pytest
-import torch
 from PIL import Image
-from safetensors.torch import load_file
 
 from trainhub import UserError
 from trainhub.cli import main as cli
 from trainhub.run import train
+from trainhub.testing import assert_same_weights
 from trainhub_tokenimage.codec import TokenCodec
 from trainhub_tokenimage.recipe import render_text
 from trainhub_tokenimage.tokenizer import ByteTokenizer
@@ -60,10 +59,7 @@ def test_resume_is_exact_schedule_per_optimizer_step_and_sample_cli(tmp_path, ti
     assert cut.status == "interrupted" and cut.step == 4
     res = train("tokenimage", overrides=ov, run_dir=tmp_path / "cut", resume="auto")
     assert res.step == 6
-    a, b = load_file(str(full.last_checkpoint / "model.safetensors")), load_file(str(res.last_checkpoint / "model.safetensors"))
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    a, b = load_file(str(full.last_checkpoint / "ema.safetensors")), load_file(str(res.last_checkpoint / "ema.safetensors"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert_same_weights(full.last_checkpoint, res.last_checkpoint, ("model.safetensors", "ema.safetensors"))
     losses = {r["step"]: r["loss"] for r in records(full.run_dir, "train")}
     resumed = {r["step"]: r["loss"] for r in records(res.run_dir, "train") if r["step"] > 4}
     assert resumed and all(losses[s] == v for s, v in resumed.items())

@@ -18,6 +18,7 @@ from trainhub import UserError
 from trainhub.checkpoint import load_models
 from trainhub.plugins import get_plugins
 from trainhub.run import resolve_config, train
+from trainhub.testing import assert_same_weights
 from trainhub_vrt_spike.recipe import VRTSpikeRecipe, build_model
 
 
@@ -30,9 +31,7 @@ def test_run_stop_resume_exactly_then_sample(tmp_path, tiny, embedded_dir, stop_
     assert cut.status == "interrupted" and cut.step == 2
     res = train("vrt_spike", overrides=ov, run_dir=tmp_path / "cut", resume="auto")
     assert res.status == "completed" and res.step == 6
-    for name in ("model.safetensors", "ema.safetensors"):
-        a, b = load_file(str(full.last_checkpoint / name)), load_file(str(res.last_checkpoint / name))
-        assert all(torch.equal(a[k], b[k]) for k in a), name
+    assert_same_weights(full.last_checkpoint, res.last_checkpoint, ("model.safetensors", "ema.safetensors"))
 
     records = [json.loads(x) for x in (full.run_dir / "metrics.jsonl").read_text().splitlines()]
     trains = [r for r in records if r["kind"] == "train"]

@@ -19,6 +19,8 @@ Fixtures:
 ``stop_at``
     ``stop_at(12)``: a real SIGTERM after optimizer step 12 of the next run (once), so the run saves a
     checkpoint and returns ``status == "interrupted"``; then ``train(..., resume="auto")`` to test resume.
+
+And :func:`assert_same_weights` (two checkpoints hold bit-identical tensors: the resume check).
 """
 
 from __future__ import annotations
@@ -81,6 +83,17 @@ def assert_config_schema(recipe: Any, files: Iterable[Any] = ()) -> None:
                 C.validate(cls, {section: {"no_such_key_": 1}})
     for f in files:
         C.resolve(cls, Path(str(f)), file_mapper=rec.map_config)
+
+
+def assert_same_weights(a: Any, b: Any, files: Iterable[str] = ("model.safetensors",)) -> None:
+    """Checkpoint directories ``a`` and ``b`` hold the same keys and bit-identical tensors in each of ``files``."""
+    from safetensors.torch import load_file
+
+    for name in files:
+        ta, tb = load_file(str(Path(a) / name)), load_file(str(Path(b) / name))
+        assert ta.keys() == tb.keys(), f"{name}: different tensors {sorted(ta.keys() ^ tb.keys())[:5]}"
+        differ = [k for k in ta if not ta[k].equal(tb[k])]
+        assert not differ, f"{name}: {len(differ)} tensors differ, e.g. {differ[:3]}"
 
 
 def read_metrics_file(run_dir: Path, kind: Optional[str] = None) -> list[dict[str, Any]]:
