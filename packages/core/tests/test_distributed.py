@@ -104,13 +104,17 @@ def test_resume_with_another_world_size_is_refused(tmp_path):
 
 FSDP_SCRIPT = """
 import sys
+from trainhub.distributed import shutdown
 from trainhub.plugins import get_plugins
 from trainhub.run import train
 from trainhub.testing import StopAt
 
 if sys.argv[2] != "0":
     get_plugins().pm.register(StopAt(int(sys.argv[2])), name="stop")
-train("tiny", overrides=sys.argv[4:], run_dir=sys.argv[1], resume=None if sys.argv[3] == "-" else sys.argv[3])
+try:
+    train("tiny", overrides=sys.argv[4:], run_dir=sys.argv[1], resume=None if sys.argv[3] == "-" else sys.argv[3])
+finally:
+    shutdown()  # as the CLI does: a gloo group left alive at exit can abort the process ("terminate called ...")
 """
 
 
