@@ -204,3 +204,14 @@ def test_assert_same_weights_names_what_differs(tmp_path):
         assert_same_weights(tmp_path / "a", tmp_path / "c")
     with pytest.raises(AssertionError, match=r"ema.safetensors: different tensors \['extra'\]"):
         assert_same_weights(tmp_path / "a", tmp_path / "c", ("ema.safetensors",))
+
+
+def test_tiny_without_validation_data(tmp_path, quiet, capsys):
+    from trainhub import cli
+
+    assert cli.main(["run", "tiny", "--dry-run", "data.val_samples=0", "loader.num_workers=0"]) == 2
+    assert "data.val_samples=0 leaves nothing to evaluate: also set train.best_metric=null" in capsys.readouterr().err
+    res = train("tiny", overrides=quiet + ["data.val_samples=0", "train.best_metric=null", "train.max_steps=4",
+                                           "train.eval_every=2"], run_dir=tmp_path / "r")
+    assert res.status == "completed"
+    assert "eval @" not in capsys.readouterr().out  # no empty "val_mse=0" lines when there is nothing to evaluate

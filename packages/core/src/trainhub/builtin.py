@@ -13,6 +13,7 @@ from torch.utils.data import Dataset
 
 from trainhub import hookimpl
 from trainhub.config import RunConfig, Section, TrainConfig
+from trainhub.errors import UserError
 from trainhub.losses import LOSSES
 from trainhub.recipe import EvalContext, Recipe, StepContext
 
@@ -93,6 +94,8 @@ class TinyRecipe(Recipe):
 
     def build_data(self, config: TinyConfig) -> tuple[Dataset, Optional[Dataset]]:
         d = config.data
+        if not d.val_samples and config.train.best_metric:
+            raise UserError("data.val_samples=0 leaves nothing to evaluate: also set train.best_metric=null")
         train = SyntheticRegression(d.num_samples, config.model.dim, d.noise, seed=config.train.seed, jitter=d.jitter)
         val = SyntheticRegression(d.val_samples, config.model.dim, d.noise, seed=config.train.seed, split_offset=1) if d.val_samples else None
         return train, val
@@ -111,8 +114,10 @@ class TinyRecipe(Recipe):
         return {"loss": self._loss(ctx.config)(pred.float(), batch["y"])}  # type: ignore[arg-type]
 
     def evaluate(self, ctx: EvalContext) -> dict[str, float]:
+        if ctx.data is None:
+            return {}
         total, n = 0.0, 0
-        for batch in ctx.data or []:
+        for batch in ctx.data:
             x, y = batch["x"].to(ctx.device), batch["y"].to(ctx.device)
             with ctx.autocast():
                 pred = ctx.models["model"](x)

@@ -47,6 +47,8 @@ class ConsoleLogger:
 
     @hookimpl
     def trainhub_eval_end(self, run: Any, step: int, metrics: dict[str, float], media: list[Any]) -> None:
+        if not metrics and not media:
+            return
         shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
         self._print(f"eval @ step {step}: {shown}" + (f" ({len(media)} media files)" if media else ""))
 
