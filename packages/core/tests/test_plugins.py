@@ -107,6 +107,25 @@ def test_throwaway_plugin_registers_and_receives_lifecycle_hooks(tmp_path, quiet
     assert seen == [("start", 0), ("step", 1), ("step", 2), ("eval", 2), ("step", 3), ("step", 4), ("eval", 4), ("ckpt", 4), ("completed", 4)]
 
 
+def test_a_watching_plugin_warns_through_the_run(tmp_path, quiet, trainhub_register):
+    """run.warn reaches the console and metrics.jsonl at the trainer's step, like the trainer's own warnings."""
+    import json
+
+    from trainhub.run import train
+
+    class Watch:
+        @hookimpl
+        def trainhub_step_end(self, run, step, metrics):
+            if step == 3:
+                run.warn("my_watch", "step 3 looks odd", {"value": 1.5})
+
+    trainhub_register(Watch(), "watch")
+    res = train("tiny", overrides=quiet + ["train.max_steps=4"], run_dir=tmp_path / "r")
+    records = [json.loads(line) for line in (res.run_dir / "metrics.jsonl").read_text().splitlines()]
+    warnings = [r for r in records if r["kind"] == "warning"]
+    assert [(w["warning"], w["step"], w["message"], w["value"]) for w in warnings] == [("my_watch", 3, "step 3 looks odd", 1.5)]
+
+
 def test_failing_hook_names_plugin_and_can_be_disabled(tmp_path, quiet):
     from trainhub.plugins import get_plugins
     from trainhub.run import train

@@ -10,7 +10,7 @@ import uuid
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
@@ -40,6 +40,9 @@ class RunInfo:
     is_main: bool = True
     last_losses: dict[str, float] = field(default_factory=dict)  # logged loss terms of the last logging step
     step_losses: dict[str, Any] = field(default_factory=dict)  # this step's loss terms (0-dim tensors, no sync)
+    warn: Callable[..., None] = field(default=lambda kind, message, data=None: None, repr=False)
+    """``run.warn(kind, message, data=None)``: report a warning as the trainer does (``trainhub_warning`` hook:
+    console, metrics.jsonl, ``trainhub analyze``), at the current step. Set by the trainer."""
 
 
 @dataclass

@@ -92,6 +92,8 @@ class Trainer:
                  call_hook: Callable[..., None], run_info: Any, dry_run: bool = False) -> None:
         self.recipe, self.config, self.run_dir, self.device = recipe, config, run_dir, device
         self.call_hook, self.run, self.dry_run = call_hook, run_info, dry_run
+        if run_info is not None:
+            run_info.warn = self.warn
         tc = config.train
         self.tc = tc
         self.rank, self.world = dist.rank(), dist.world_size()

@@ -54,10 +54,8 @@ def trainhub_step_end(run: Any, step: int, metrics: dict[str, float]) -> None:
     watch = _WATCHES.get(run.run_id)
     if watch is None or not metrics:
         return
-    from trainhub.plugins import get_plugins
-
     for kind, message, data in watch.check(step, metrics):
-        get_plugins().pm.hook.trainhub_warning(run=run, step=step, kind=kind, message=message, data=data)
+        run.warn(kind, message, data)
 
 
 @hookimpl
