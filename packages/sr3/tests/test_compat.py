@@ -20,6 +20,7 @@ def test_reference_json_maps_onto_our_schema(tmp_path):
     u = cfg.model.unet
     assert (u.inner_channel, u.norm_groups, u.channel_multiplier, u.attn_res, u.res_blocks, u.dropout, u.image_size) == \
         (64, 32, [1, 2, 4, 8, 8], [16], 2, 0.2, 128)
+    assert u.noise_encoding == "sqrt_gamma"  # their weights embed sqrt(gamma) itself; the embedded default uses log_snr
     assert cfg.model.beta_schedule.train.n_timestep == 2000 and cfg.model.beta_schedule.val.linear_end == 1e-2
     assert (cfg.model.prediction, cfg.model.residual, cfg.model.sampler) == ("eps", False, "ancestral")  # their objective
     assert (cfg.data.source, cfg.data.root, cfg.data.l_resolution, cfg.data.r_resolution) == ("folder", "DATAROOT", 16, 128)
@@ -67,6 +68,8 @@ def test_shipped_paper_config_matches_the_reference_json():
     ours = resolve_config(plugins.recipe("sr3"), plugins, "sr3_16_128")
     theirs = resolve_config(plugins.recipe("sr3"), plugins, DATA / "sr_sr3_16_128.json")
     assert ours.model.unet == theirs.model.unet
+    assert ours.model.unet.noise_encoding == "sqrt_gamma"
+    assert resolve_config(plugins.recipe("sr3"), plugins, None).model.unet.noise_encoding == "log_snr"
     assert ours.model.beta_schedule.train == theirs.model.beta_schedule.train
     assert (ours.model.prediction, ours.model.residual, ours.model.sampler) == ("eps", False, "ancestral")
     assert (ours.data.l_resolution, ours.data.r_resolution, ours.train.lr) == (16, 128, 1e-4)

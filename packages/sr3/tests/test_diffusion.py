@@ -79,3 +79,35 @@ def test_split_prediction_inverts_the_forward_process(prediction):
     eps_hat, x0_hat = split_prediction(out, x, g, prediction)
     torch.testing.assert_close(eps_hat, eps, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(x0_hat, x0, atol=2e-3, rtol=1e-4)  # eps at gamma 0.05 amplifies rounding 20x
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.0])
+def test_scaled_residual_round_trip(temperature):
+    """The residual is diffused as (hr - sr) * residual_scale and scaled back when sampling."""
+    torch.manual_seed(0)
+    hr = torch.rand(2, 3, 8, 8) * 2 - 1
+    sr = (hr + 0.1 * torch.randn_like(hr)).clamp(-1, 1)
+    sched = Schedule(respace(make_betas("linear", 200, 1e-4, 0.05), 20))
+    k = 5.0
+
+    def oracle(x, level):  # predicts the exact scaled residual
+        return (hr - sr) * k
+
+    for sampler in ("ancestral", "ddim"):
+        out = sample(oracle, sr, sched, sampler, residual=True, prediction="x0", residual_scale=k, temperature=temperature)
+        torch.testing.assert_close(out, hr, atol=1e-4, rtol=0)
+    assert training_loss(oracle, hr, sr, sched, "l2", residual=True, prediction="x0", residual_scale=k).item() < 1e-10
+
+
+def test_temperature_scales_the_starting_noise():
+    sched = Schedule(respace(make_betas("linear", 100, 1e-4, 0.05), 5))
+    starts = []
+
+    def spy(x, level):
+        if not starts:
+            starts.append(x[:, 3:].clone())
+        return torch.zeros_like(x[:, 3:])
+
+    sample(spy, torch.zeros(1, 3, 16, 16), sched, "ddim", generator=torch.Generator().manual_seed(0), temperature=0.5)
+    ref = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(starts[0], 0.5 * ref)

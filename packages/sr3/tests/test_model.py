@@ -71,3 +71,47 @@ def test_reference_state_dict_round_trip_and_file(tmp_path):
     fresh.load_state_dict(compat.load_gen(tmp_path / "I20_E1_gen.pth"), strict=True)
     x, level = torch.randn(2, 6, 32, 32), torch.rand(2, 1)
     torch.testing.assert_close(fresh(x, level), ours(x, level), rtol=0, atol=0)
+
+
+def test_sqrt_gamma_encoding_is_the_references():
+    from trainhub_sr3.model import NoiseLevelEncoding
+
+    level = torch.tensor([0.05, 0.5, 0.999])
+    half = 8
+    angles = level[:, None] * torch.exp(-math.log(1e4) * torch.arange(half) / half)[None]
+    torch.testing.assert_close(NoiseLevelEncoding(16, "sqrt_gamma")(level), torch.cat([angles.sin(), angles.cos()], -1), rtol=0, atol=0)
+    assert SR3UNet(**SMALL).noise_level_mlp[0].kind == "sqrt_gamma"  # the constructor default loads reference weights
+
+
+def test_log_snr_encoding_tells_the_low_noise_levels_apart():
+    """Issue 3: encoding sqrt(gamma) itself maps level 0.9999995 (a clean input) and 0.99 (noise std 0.14, as large as
+    the 8 -> 32 residual) to vectors 0.01 apart, and the embedded default's UNet learnt to ignore its noise level."""
+    from trainhub_sr3.model import NoiseLevelEncoding
+
+    clean, noisy = torch.tensor([0.9999995]), torch.tensor([0.99])
+    ref, ours = NoiseLevelEncoding(32, "sqrt_gamma"), NoiseLevelEncoding(32, "log_snr")
+    assert (ref(clean) - ref(noisy)).abs().max() < 0.011
+    assert (ours(clean) - ours(noisy)).abs().max() > 0.5
+    assert torch.isfinite(ours(torch.tensor([0.0, 1e-8, 1.0]))).all()  # the clamped ends
+
+
+def _fit_level_detector(encoding: str, steps: int = 60) -> float:
+    """Train a small UNet to output 1 for a near-clean level and 0 for level 0.99 (the input carries no hint);
+    returns the final squared error."""
+    torch.manual_seed(0)
+    net = SR3UNet(**dict(SMALL, channel_multiplier=[1, 2], res_blocks=1, image_size=8), noise_encoding=encoding)
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    x = torch.randn(1, 6, 8, 8).expand(8, 6, 8, 8)  # the same input: only the level tells them apart
+    level = torch.tensor([0.9999995, 0.99] * 4)
+    target = (level > 0.999).float().view(-1, 1, 1, 1).expand(8, 3, 8, 8)
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = (net(x, level) - target).pow(2).mean()
+        loss.backward()
+        opt.step()
+    return float(loss.detach())
+
+
+def test_the_unet_can_learn_to_tell_clean_from_slightly_noisy_levels():
+    assert _fit_level_detector("log_snr") < 0.05
+    assert _fit_level_detector("sqrt_gamma") > 0.15  # what the embedded default had: the level is all but invisible

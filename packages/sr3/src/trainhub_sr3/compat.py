@@ -152,7 +152,7 @@ def map_config(raw: dict[str, Any], path: Path) -> dict[str, Any]:
         unknown.append(f"model.which_model_G={which} (only sr3)")
     _pop(mo, "finetune_norm")
     unet = _pop(mo, "unet", {}) or {}
-    model["unet"] = {}
+    model["unet"] = {"noise_encoding": "sqrt_gamma"}  # the reference embeds sqrt(gamma) itself
     for k in ("in_channel", "out_channel", "inner_channel", "norm_groups", "channel_multiplier", "attn_res", "res_blocks", "dropout"):
         if k in unet:
             model["unet"][k] = unet.pop(k)

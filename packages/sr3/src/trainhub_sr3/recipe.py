@@ -38,6 +38,9 @@ class UNetConfig(Section):
     res_blocks: int = Field(1, ge=1)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     image_size: int = Field(32, ge=8, description="resolution the attention levels (attn_res) refer to")
+    noise_encoding: Literal["sqrt_gamma", "log_snr"] = Field(
+        "log_snr", description="what the sinusoidal noise embedding encodes: log_snr (tells the low noise levels apart) or "
+        "sqrt_gamma (the reference's; its weights need it)")
 
 
 class BetaSchedule(Section):
@@ -63,6 +66,10 @@ class SR3Model(Section):
     residual: bool = Field(True, description="diffuse HR minus the bicubic upsampling (SRDiff-style); false = the reference's "
                            "objective, needed for its weights")
     sampler: Literal["ancestral", "ddim"] = Field("ddim", description="ddim: deterministic; ancestral: the reference's sampler")
+    residual_scale: float = Field(5.0, gt=0.0, description="with residual: the residual is multiplied by this before diffusion "
+                                  "(towards unit variance, so the schedule's informative levels are not squeezed next to level 1)")
+    temperature: float = Field(1.0, ge=0.0, le=1.0, description="eval/sample: scale of the starting noise; 1 = a posterior "
+                               "sample, lower = towards the posterior mean (less invented detail, higher PSNR)")
 
 
 class SR3Data(Section):
@@ -93,7 +100,7 @@ def build_unet(cfg: SR3Model) -> nn.Module:
     return get_plugins().model(cfg.name)(
         in_channel=u.in_channel, out_channel=u.out_channel, inner_channel=u.inner_channel, norm_groups=u.norm_groups,
         channel_multiplier=u.channel_multiplier, attn_res=u.attn_res, res_blocks=u.res_blocks, dropout=u.dropout,
-        image_size=u.image_size,
+        image_size=u.image_size, noise_encoding=u.noise_encoding,
     )
 
 
@@ -152,7 +159,8 @@ class SR3Recipe(Recipe):
         if not hasattr(self, "_train_schedule"):
             self._train_schedule, _ = schedules(ctx.config.model)
         m = ctx.config.model
-        loss = training_loss(ctx.models["model"], batch["hr"], batch["sr"], self._train_schedule, m.loss, m.residual, m.prediction)
+        loss = training_loss(ctx.models["model"], batch["hr"], batch["sr"], self._train_schedule, m.loss, m.residual, m.prediction,
+                             m.residual_scale)
         return {"loss": loss}
 
     def evaluate(self, ctx: EvalContext) -> dict[str, float]:
@@ -169,7 +177,8 @@ class SR3Recipe(Recipe):
                 break
             hr, sr = batch["hr"].to(ctx.device), batch["sr"].to(ctx.device)
             with ctx.autocast():
-                out = sample(net, sr, sched, m.sampler, m.residual, generator=g, prediction=m.prediction)
+                out = sample(net, sr, sched, m.sampler, m.residual, generator=g, prediction=m.prediction,
+                             residual_scale=m.residual_scale, temperature=m.temperature)
             scores["psnr"].append(psnr(out, hr))
             scores["ssim"].append(ssim(out, hr))
             scores["psnr_bicubic"].append(psnr(sr, hr))
@@ -225,6 +234,7 @@ class SR3Recipe(Recipe):
         parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: model.eval_steps)")
         parser.add_argument("--seed", type=int, default=0)
         parser.add_argument("--sampler", choices=("ancestral", "ddim"), default=None)
+        parser.add_argument("--temperature", type=float, default=None, help="starting-noise scale (default: model.temperature)")
 
     def sample(self, models: dict[str, nn.Module], config: SR3Config, args: argparse.Namespace, out_dir: Path) -> None:
         from trainhub.media import save_png, to_uint8_image
@@ -234,6 +244,10 @@ class SR3Recipe(Recipe):
         if not paths or not paths[0].exists():
             raise UserError(f"--input {src}: no images found")
         m = config.model
+        if args.temperature is not None and not 0.0 <= args.temperature <= 1.0:
+            raise UserError(f"--temperature {args.temperature}: must be between 0 and 1")
+        if args.steps is not None and args.steps < 1:
+            raise UserError(f"--steps {args.steps}: must be at least 1")
         _, sched = schedules(m, args.steps or m.eval_steps)
         scale = config.data.r_resolution // config.data.l_resolution
         net = models["model"]
@@ -246,7 +260,8 @@ class SR3Recipe(Recipe):
             lr = to_tensor(img)[None].to(args.device)
             h, w = lr.shape[-2] * scale, lr.shape[-1] * scale
             sr = torch.nn.functional.interpolate(lr, size=(h, w), mode="bicubic", align_corners=False).clamp(-1, 1)
-            out = sample(net, sr, sched, args.sampler or m.sampler, m.residual, generator=g, progress=True, prediction=m.prediction)
+            out = sample(net, sr, sched, args.sampler or m.sampler, m.residual, generator=g, progress=True, prediction=m.prediction,
+                         residual_scale=m.residual_scale, temperature=m.temperature if args.temperature is None else args.temperature)
             save_png(out_dir / f"{p.stem}_sr.png", to_uint8_image(out[0]))
             print(f"{p} -> {out_dir / (p.stem + '_sr.png')} ({w}x{h})")
 
