@@ -19,7 +19,7 @@ from trainhub.checkpoint import load_models
 from trainhub.plugins import get_plugins
 from trainhub.run import resolve_config, train
 from trainhub.testing import assert_same_weights
-from trainhub_vrt_spike.recipe import VRTSpikeRecipe, build_model
+from trainhub_vrt_spike.recipe import VRTSpikeRecipe, build_model, init_student
 
 
 def test_run_stop_resume_exactly_then_sample(tmp_path, tiny, embedded_dir, stop_at, capfd):
@@ -74,6 +74,59 @@ def test_distil_a_frozen_teacher_into_a_smaller_student(tmp_path, tiny, read_met
     with pytest.raises(UserError, match="equal width"):
         train("vrt_spike", overrides=student_ov + ["model.embed_dims=[4,4,4,4,4,4,4,4]", "model.fuse_stages=[1]",
                                                    "model.depths=[2,1,1,1,1,1,1,1]"], run_dir=tmp_path / "bad")
+
+
+def test_student_initialised_from_teacher_layers(tmp_path, tiny):
+    """init_from_teacher: every student tensor is the teacher's tensor of the same name, except the layers of the
+    attention groups, which come from the spread subset (stage 8: layers 0 and 3 of 4, shift parity kept)."""
+    plugins = get_plugins()
+    recipe = plugins.recipe("vrt_spike")
+    teacher = build_model(resolve_config(recipe, plugins, None, tiny + ["model.depths=[4,1,1,1,1,1,1,4]"]))
+    student = build_model(resolve_config(recipe, plugins, None, tiny + ["model.depths=[2,1,1,1,1,1,1,2]"]))
+    picks = init_student(student, teacher)
+    # stage 1: 4 layers = 3 mutual + 1 self; the student's 2 = 1 mutual + 1 self
+    assert picks == {"stages.0.mutual": [0], "stages.0.self_attn": [0], **{f"stages.{i}.self_attn": [0] for i in range(1, 7)},
+                     "stage8.0": [0, 3]}
+    tsd, ssd = teacher.state_dict(), student.state_dict()
+    moved = {"stage8.0.blocks.1.": "stage8.0.blocks.3."}
+    for key, value in ssd.items():
+        tkey = next((key.replace(a, b) for a, b in moved.items() if key.startswith(a)), key)
+        assert torch.equal(value, tsd[tkey]), key
+    assert torch.equal(ssd["stage8.0.blocks.1.attn.qkv.weight"], tsd["stage8.0.blocks.3.attn.qkv.weight"])
+    assert not torch.equal(ssd["stage8.0.blocks.1.attn.qkv.weight"], tsd["stage8.0.blocks.1.attn.qkv.weight"])
+    deeper = build_model(resolve_config(recipe, plugins, None, tiny + ["model.depths=[4,2,1,1,1,1,1,4]"]))
+    with pytest.raises(UserError, match=r"stages\.1\.mutual has 1 layers, the teacher's 0"):
+        init_student(deeper, teacher)
+
+
+def test_distil_with_teacher_init_resumes_exactly_and_mismatch_is_one_line(tmp_path, tiny, stop_at, read_metrics):
+    teacher = train("vrt_spike", overrides=tiny + ["train.max_steps=2", "model.depths=[2,2,1,1,1,1,1,2]"], run_dir=tmp_path / "teacher")
+    ov = tiny + ["train.max_steps=4", "train.checkpoint_every=2", f"distill.teacher={teacher.run_dir}", "distill.init_from_teacher=true",
+                 "distill.feature_weight=0.1"]
+    # before any step the student is the teacher's layers (EMA weights of the teacher)
+    models = VRTSpikeRecipe().build_models(resolve_config(get_plugins().recipe("vrt_spike"), get_plugins(), None, ov))
+    ema = load_file(str(teacher.last_checkpoint / "ema.safetensors"))
+    assert torch.equal(models["model"].state_dict()["stage8.0.blocks.0.mlp.fc2.weight"], ema["stage8.0.blocks.0.mlp.fc2.weight"])
+    assert torch.equal(models["model"].state_dict()["stages.1.self_attn.blocks.0.attn.qkv.weight"],
+                       ema["stages.1.self_attn.blocks.0.attn.qkv.weight"])
+    full = train("vrt_spike", overrides=ov, run_dir=tmp_path / "full")
+    assert read_metrics(full.run_dir, "train")[-1]["distill_feature"] > 0
+    stop_at(2)
+    cut = train("vrt_spike", overrides=ov, run_dir=tmp_path / "cut")
+    assert cut.status == "interrupted" and cut.step == 2
+    res = train("vrt_spike", overrides=ov, run_dir=tmp_path / "cut", resume="auto")
+    assert res.status == "completed" and res.step == 4
+    assert_same_weights(full.last_checkpoint, res.last_checkpoint, ("model.safetensors", "ema.safetensors"))
+    assert not any("teacher" in p.name for p in res.last_checkpoint.iterdir())
+    # with both loss weights 0 the teacher only gives the start: it never runs during training
+    only = train("vrt_spike", overrides=ov + ["train.max_steps=1", "distill.output_weight=0", "distill.feature_weight=0"],
+                 run_dir=tmp_path / "init_only")
+    last = read_metrics(only.run_dir, "train")[-1]
+    assert "distill_output" not in last and last["loss"] == last["restore"]
+    with pytest.raises(UserError) as e:
+        train("vrt_spike", overrides=ov + ["model.embed_dims=[8,8,8,8,8,8,8,16]"], run_dir=tmp_path / "bad")
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("distill.init_from_teacher:") and "stage8_in.1.weight (student [16, 8], teacher" in msg
 
 
 def test_progressive_crops_and_grouped_sampling(tmp_path, tiny, capfd):

@@ -3,7 +3,7 @@
     trainhub run vrt_spike                                      embedded default: simulated spike data, CPU-sized model
     trainhub run vrt_spike --config $(trainhub vrt_spike presets --path opt) data.root=data/gopro_spike
     trainhub run vrt_spike --config seed_style.yaml             uppercase MODEL/DATA/DATALOADER/TRAIN files are mapped
-    trainhub run vrt_spike model.depths=[1,1,1,1,1,1,1,1] distill.teacher=runs/vrt_spike/TEACHER    distil a smaller student
+    trainhub run vrt_spike model.depths=[1,1,1,1,1,1,1,1] distill.teacher=runs/vrt_spike/TEACHER distill.init_from_teacher=true
     trainhub prepare vrt_spike simulate --out data/gopro_spike --size 256 --frames 24
     trainhub prepare vrt_spike voxelize --root data/gopro_spike --bins 32
     trainhub sample vrt_spike --checkpoint runs/vrt_spike/NAME --input data/gopro_spike/val/coffee_001
@@ -13,6 +13,8 @@
 from __future__ import annotations
 
 import argparse
+import re
+import sys
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
@@ -22,13 +24,13 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from trainhub import EvalContext, LoaderConfig, Recipe, RunConfig, Section, StepContext, TrainConfig, UserError
-from trainhub.distill import DistillConfig, load_teacher
+from trainhub.distill import DistillConfig, init_from_teacher, load_teacher, spread_layers
 from trainhub.media import make_grid
 
 from trainhub_vrt_spike import seed_config
 from trainhub_vrt_spike.data import SpikeDeblurDataset, cpu_count, read_meta, total_workers
 from trainhub_vrt_spike.metrics import psnr, ssim
-from trainhub_vrt_spike.model import ChunkSpec, VRTSpike
+from trainhub_vrt_spike.model import ChunkSpec, TMSAGroup, VRTSpike
 from trainhub_vrt_spike.simulate import SimSettings, ensure_embedded
 
 
@@ -277,16 +279,61 @@ def build_teacher(recipe: Recipe, config: VRTSpikeConfig, student: nn.Module) ->
     return teacher
 
 
+def teacher_layers(student: VRTSpike, teacher: VRTSpike) -> dict[str, list[int]]:
+    """For every attention group of the student (``stages.I.mutual``, ``stages.I.self_attn``, ``stage8.G``):
+    the teacher layers of the same group its layers start from (``spread_layers`` with the shift parity kept:
+    every other layer of a group twice as deep, shifted layers from shifted ones)."""
+    tgroups = {n: len(m.blocks) for n, m in teacher.named_modules() if isinstance(m, TMSAGroup)}
+    picks = {}
+    for name, m in student.named_modules():
+        if isinstance(m, TMSAGroup):
+            if len(m.blocks) > tgroups.get(name, 0):
+                raise UserError(f"distill.init_from_teacher: the student's {name} has {len(m.blocks)} layers, the teacher's "
+                                f"{tgroups.get(name, 0)}: a student initialised from its teacher needs depths <= the teacher's per stage")
+            picks[name] = spread_layers(tgroups[name], len(m.blocks), keep_parity=True)
+    return picks
+
+
+def init_student(student: VRTSpike, teacher: VRTSpike) -> dict[str, list[int]]:
+    """Copy the teacher into the student: every tensor outside the attention groups by name, the layers of each
+    group from ``teacher_layers``. Shapes must match (same embed_dims, heads, window, spike and flow settings)."""
+    picks = teacher_layers(student, teacher)
+    pattern = re.compile(r"^(.+)\.blocks\.(\d+)\.(.+)$")
+
+    def key_map(key: str) -> str:
+        m = pattern.match(key)
+        if m and m.group(1) in picks:
+            return f"{m.group(1)}.blocks.{picks[m.group(1)][int(m.group(2))]}.{m.group(3)}"
+        return key
+
+    init_from_teacher(student, teacher, key_map, hint="the student needs the teacher's embed_dims, num_heads, window, "
+                      "fuse_stages, spike and flow settings; only depths may be smaller")
+    return picks
+
+
 def feature_pairs(student: VRTSpike, teacher: VRTSpike) -> list[int]:
     """Stages (0-based, of 1-7) whose outputs have the same width in both networks."""
     return [i for i in range(7) if student.embed_dims[i] == teacher.embed_dims[i]]
 
 
+def feature_loss(student: list[torch.Tensor], teacher: list[torch.Tensor]) -> torch.Tensor:
+    """Mean over the paired stage outputs of their mean squared difference, relative to the mean over the same
+    stages of the teacher features' mean square. The stage outputs are small (mean squares of 1e-3 down to 1e-10
+    in a trained default model), so a plain MSE is negligible next to the restoration loss; one normaliser for
+    all stages keeps their relative weight (a per-stage one would blow up the nearly silent stages)."""
+    diff = sum((s.float() - t.float()).square().mean() for s, t in zip(student, teacher))
+    scale = sum(t.float().square().mean() for t in teacher)
+    return diff / scale.clamp_min(1e-20)  # type: ignore[union-attr]
+
+
 def distill_losses(ctx: StepContext, batch: dict[str, torch.Tensor], out: torch.Tensor, loss_fn: nn.Module,
                    restoration: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Restoration loss + ``output_weight`` x loss(student, teacher output) [+ ``feature_weight`` x mean squared
-    difference of the stage 1-7 outputs of equal width]. The teacher runs under no_grad and the trainer's autocast."""
+    """Restoration loss + ``output_weight`` x loss(student, teacher output) [+ ``feature_weight`` x ``feature_loss`` of the
+    stage 1-7 outputs of equal width]. The teacher runs under no_grad and the trainer's autocast; with both weights 0
+    (a student that only starts from the teacher's layers, ``init_from_teacher``) it does not run at all."""
     dc = ctx.config.distill  # type: ignore[attr-defined]
+    if dc.output_weight == 0 and dc.feature_weight == 0:
+        return {"restore": restoration.detach(), "loss": restoration}
     with torch.no_grad():
         target = ctx.models["teacher"](batch["blur"], batch["spike"])
     logs = {"restore": restoration.detach(), "distill_output": loss_fn(out.float(), target.float())}
@@ -294,7 +341,7 @@ def distill_losses(ctx: StepContext, batch: dict[str, torch.Tensor], out: torch.
     if dc.feature_weight > 0:
         student, teacher = ctx.unwrap("model"), ctx.unwrap("teacher")
         pairs = feature_pairs(student, teacher)  # type: ignore[arg-type]
-        feat = sum((student.features[i].float() - teacher.features[i].float()).square().mean() for i in pairs) / len(pairs)
+        feat = feature_loss([student.features[i] for i in pairs], [teacher.features[i] for i in pairs])
         student.features, teacher.features = [], []
         logs["distill_feature"] = feat  # type: ignore[assignment]
         total = total + dc.feature_weight * feat
@@ -329,6 +376,10 @@ class VRTSpikeRecipe(Recipe):
         models = {"model": build_model(config)}
         if config.distill.teacher:
             models["teacher"] = build_teacher(self, config, models["model"])
+            if config.distill.init_from_teacher:
+                picks = init_student(models["model"], models["teacher"])  # type: ignore[arg-type]
+                print(f"[vrt_spike] student initialised from the teacher; layers taken per group: "
+                      + ", ".join(f"{k} {v}" for k, v in picks.items()), file=sys.stderr)
         return models
 
     def frozen_models(self, config: VRTSpikeConfig) -> tuple[str, ...]:  # type: ignore[override]
