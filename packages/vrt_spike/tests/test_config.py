@@ -49,9 +49,22 @@ def test_presets(monkeypatch):
     assert (phase.from_epoch, phase.data, phase.batch_size) == (6, {"train_crop_size": 48}, 1) and prog.data.train_crop_size == 32
     dist = resolve(CONFIG_DIR / "distill.yaml")
     assert dist.model.depths == [4, 4, 4, 4, 2, 2, 2, 2] and dist.model.embed_dims == base.model.embed_dims
-    assert dist.distill.teacher and dist.distill.feature_weight == 0.1
+    assert dist.distill.teacher and dist.distill.init_from_teacher and dist.distill.output_weight == dist.distill.feature_weight == 0.0
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     assert resolve(CONFIG_DIR / "lowmem.yaml").loader.num_workers == min(4, cpu_count() // 2)
+
+
+def test_distill_preset_student_starts_from_every_other_baseline_layer():
+    from trainhub_vrt_spike.recipe import build_model, init_student
+
+    teacher = build_model(resolve(CONFIG_DIR / "baseline.yaml"))
+    student = build_model(resolve(CONFIG_DIR / "distill.yaml", ["distill.teacher=null"]))
+    picks = init_student(student, teacher)
+    # stages 1-4: 8 layers = 6 mutual + 2 self -> 3 + 1; stages 5-7: 3 + 1 -> 1 + 1; stage 8: 8 -> 2 (shift parity kept)
+    assert all(picks[f"stages.{i}.mutual"] == [0, 3, 4] and picks[f"stages.{i}.self_attn"] == [0] for i in range(4))
+    assert all(picks[f"stages.{i}.mutual"] == [0] and picks[f"stages.{i}.self_attn"] == [0] for i in range(4, 7))
+    assert picks["stage8.0"] == [0, 5]
+    assert sum(p.numel() for p in student.parameters()) < 0.7 * sum(p.numel() for p in teacher.parameters())
 
 
 def test_seed_style_uppercase_config_is_mapped():
