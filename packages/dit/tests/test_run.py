@@ -29,15 +29,12 @@ def test_config_schema_and_shipped_configs() -> None:
     assert (xl.model.name, xl.train.lr, xl.train.warmup_steps, xl.train.ema.decay) == ("DiT-XL/2", 1e-4, 500, 0.9999)
 
 
-def test_run_resumes_exactly_and_samples(tmp_path, micro, stop_at, capsys) -> None:
+def test_run_resumes_exactly_and_samples(tmp_path, micro, interrupt_and_resume, capsys) -> None:
     # 64 images / (4 x 2) = 8 steps per epoch: 10 steps cross an epoch end, and the cut is mid-epoch
     ov = micro + ["train.max_steps=10", "train.checkpoint_every_epoch=true", "train.eval_every=10"]
     full = train("dit", overrides=ov, run_dir=tmp_path / "full")
     assert "FID skipped: set eval.fid_inception_weights" in capsys.readouterr().err
-    stop_at(5)  # a real SIGTERM after step 5: the trainer saves and stops
-    cut = train("dit", overrides=ov, run_dir=tmp_path / "cut")
-    assert cut.status == "interrupted" and cut.step == 5
-    res = train("dit", overrides=ov, run_dir=tmp_path / "cut", resume="auto")
+    res = interrupt_and_resume("dit", ov, tmp_path / "cut", at=5)  # a real SIGTERM after step 5: the trainer saves and stops
     assert res.step == 10
     assert_same_weights(full.last_checkpoint, res.last_checkpoint, ("model.safetensors", "ema.safetensors"))
     assert (res.run_dir / "checkpoints" / "checkpoint-epoch-1").is_dir()

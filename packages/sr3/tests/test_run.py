@@ -13,13 +13,10 @@ from trainhub.run import train
 from trainhub.testing import assert_same_weights
 
 
-def test_30_steps_resume_exactly_and_evaluate(tmp_path, tiny, stop_at):
+def test_30_steps_resume_exactly_and_evaluate(tmp_path, tiny, interrupt_and_resume):
     ov = tiny + ["train.max_steps=30", "train.eval_every=15", "train.checkpoint_every=15"]
     full = train("sr3", overrides=ov, run_dir=tmp_path / "full")
-    stop_at(12)
-    cut = train("sr3", overrides=ov, run_dir=tmp_path / "cut")
-    assert cut.status == "interrupted" and cut.step == 12
-    res = train("sr3", overrides=ov, run_dir=tmp_path / "cut", resume="auto")
+    res = interrupt_and_resume("sr3", ov, tmp_path / "cut", at=12)
     assert res.step == 30
     assert_same_weights(full.last_checkpoint, res.last_checkpoint)
     evals = [json.loads(x) for x in (res.run_dir / "metrics.jsonl").read_text().splitlines() if '"eval"' in x]

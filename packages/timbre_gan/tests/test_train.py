@@ -71,11 +71,8 @@ def test_metrics_show_the_switch_the_warmup_and_a_discriminator_warning(full_run
     assert [w["warning"] for w in warnings] == ["discriminator_explode"] and warnings[0]["step"] == 5
 
 
-def test_resume_across_the_gan_start_is_exact(tiny, full_run, tmp_path, stop_at):
-    stop_at(3)
-    cut = train("timbre_gan", overrides=tiny + SCHEDULE, run_dir=tmp_path / "cut")
-    assert cut.status == "interrupted" and cut.step == 3
-    res = train("timbre_gan", overrides=tiny + SCHEDULE, run_dir=tmp_path / "cut", resume="auto")
+def test_resume_across_the_gan_start_is_exact(tiny, full_run, tmp_path, interrupt_and_resume):
+    res = interrupt_and_resume("timbre_gan", tiny + SCHEDULE, tmp_path / "cut", at=3)
     assert res.status == "completed" and res.step == 6
     for name in ("generator", "discriminator", "ema_generator"):
         a = load_file(str(full_run.last_checkpoint / f"{name}.safetensors"))

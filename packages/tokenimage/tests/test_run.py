@@ -43,7 +43,7 @@ def test_token_accuracy_at_low_noise_rises_above_chance(tmp_path, tiny):
     assert Image.open(shots / "denoise.png").size[0] > 7 * 64
 
 
-def test_resume_is_exact_schedule_per_optimizer_step_and_sample_cli(tmp_path, tiny, stop_at, capsys):
+def test_resume_is_exact_schedule_per_optimizer_step_and_sample_cli(tmp_path, tiny, interrupt_and_resume, capsys):
     ov = tiny + ["train.max_steps=6", "train.checkpoint_every=3", "train.eval_at_end=false", "train.log_every=1",
                  "train.ema.enabled=true", "train.ema.decay=0.9", "train.ema.start_step=2",
                  "train.gradient_accumulation_steps=2", "train.schedule=cosine", "train.warmup_steps=2",
@@ -54,10 +54,7 @@ def test_resume_is_exact_schedule_per_optimizer_step_and_sample_cli(tmp_path, ti
     assert len(lrs) == 6 and lrs[-1] == pytest.approx(1e-4)
     # the lr logged at step s is the one for the next step: warmup (s + 1) / 2, then cosine over the 4 steps left
     assert lrs[:2] == pytest.approx([1e-3, 1e-3]) and lrs[2] == pytest.approx(1e-3 * (0.55 + 0.45 * math.cos(math.pi / 4)))
-    stop_at(4)
-    cut = train("tokenimage", overrides=ov, run_dir=tmp_path / "cut")
-    assert cut.status == "interrupted" and cut.step == 4
-    res = train("tokenimage", overrides=ov, run_dir=tmp_path / "cut", resume="auto")
+    res = interrupt_and_resume("tokenimage", ov, tmp_path / "cut", at=4)
     assert res.step == 6
     assert_same_weights(full.last_checkpoint, res.last_checkpoint, ("model.safetensors", "ema.safetensors"))
     losses = {r["step"]: r["loss"] for r in records(full.run_dir, "train")}

@@ -22,14 +22,11 @@ from trainhub.testing import assert_same_weights
 from trainhub_vrt_spike.recipe import VRTSpikeRecipe, build_model, init_student
 
 
-def test_run_stop_resume_exactly_then_sample(tmp_path, tiny, embedded_dir, stop_at, capfd):
+def test_run_stop_resume_exactly_then_sample(tmp_path, tiny, embedded_dir, interrupt_and_resume, capfd):
     ov = tiny + ["train.max_steps=6", "train.eval_every=3", "train.checkpoint_every=3", "model.profile=true",
                  "train.memory_log_every=2"]
     full = train("vrt_spike", overrides=ov, run_dir=tmp_path / "full")
-    stop_at(2)
-    cut = train("vrt_spike", overrides=ov, run_dir=tmp_path / "cut")
-    assert cut.status == "interrupted" and cut.step == 2
-    res = train("vrt_spike", overrides=ov, run_dir=tmp_path / "cut", resume="auto")
+    res = interrupt_and_resume("vrt_spike", ov, tmp_path / "cut", at=2)
     assert res.status == "completed" and res.step == 6
     assert_same_weights(full.last_checkpoint, res.last_checkpoint, ("model.safetensors", "ema.safetensors"))
 
@@ -99,7 +96,7 @@ def test_student_initialised_from_teacher_layers(tmp_path, tiny):
         init_student(deeper, teacher)
 
 
-def test_distil_with_teacher_init_resumes_exactly_and_mismatch_is_one_line(tmp_path, tiny, stop_at, read_metrics):
+def test_distil_with_teacher_init_resumes_exactly_and_mismatch_is_one_line(tmp_path, tiny, interrupt_and_resume, read_metrics):
     teacher = train("vrt_spike", overrides=tiny + ["train.max_steps=2", "model.depths=[2,2,1,1,1,1,1,2]"], run_dir=tmp_path / "teacher")
     ov = tiny + ["train.max_steps=4", "train.checkpoint_every=2", f"distill.teacher={teacher.run_dir}", "distill.init_from_teacher=true",
                  "distill.feature_weight=0.1"]
@@ -111,10 +108,7 @@ def test_distil_with_teacher_init_resumes_exactly_and_mismatch_is_one_line(tmp_p
                        ema["stages.1.self_attn.blocks.0.attn.qkv.weight"])
     full = train("vrt_spike", overrides=ov, run_dir=tmp_path / "full")
     assert read_metrics(full.run_dir, "train")[-1]["distill_feature"] > 0
-    stop_at(2)
-    cut = train("vrt_spike", overrides=ov, run_dir=tmp_path / "cut")
-    assert cut.status == "interrupted" and cut.step == 2
-    res = train("vrt_spike", overrides=ov, run_dir=tmp_path / "cut", resume="auto")
+    res = interrupt_and_resume("vrt_spike", ov, tmp_path / "cut", at=2)
     assert res.status == "completed" and res.step == 4
     assert_same_weights(full.last_checkpoint, res.last_checkpoint, ("model.safetensors", "ema.safetensors"))
     assert not any("teacher" in p.name for p in res.last_checkpoint.iterdir())

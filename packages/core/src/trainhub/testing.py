@@ -19,6 +19,9 @@ Fixtures:
 ``stop_at``
     ``stop_at(12)``: a real SIGTERM after optimizer step 12 of the next run (once), so the run saves a
     checkpoint and returns ``status == "interrupted"``; then ``train(..., resume="auto")`` to test resume.
+``interrupt_and_resume``
+    ``res = interrupt_and_resume("myrecipe", overrides, run_dir, at=12)``: ``stop_at(12)``, a run that must
+    stop there, then the same run resumed to its end (returned); compare it with an uninterrupted run.
 
 And :func:`assert_same_weights` (two checkpoints hold bit-identical tensors: the resume check).
 """
@@ -168,3 +171,16 @@ def stop_at(trainhub_register: Callable[..., str]) -> Callable[[int], StopAt]:
         return plugin
 
     return add
+
+
+@pytest.fixture
+def interrupt_and_resume(stop_at: Callable[[int], StopAt]) -> Callable[..., Any]:
+    def run(recipe: Any, overrides: list[str], run_dir: Path, at: int) -> Any:
+        from trainhub.run import train
+
+        stop_at(at)
+        cut = train(recipe, overrides=overrides, run_dir=run_dir)
+        assert cut.status == "interrupted" and cut.step == at, f"expected a stop after step {at}: {cut.status} at {cut.step}"
+        return train(recipe, overrides=overrides, run_dir=run_dir, resume="auto")
+
+    return run
