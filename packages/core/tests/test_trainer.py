@@ -215,3 +215,33 @@ def test_tiny_without_validation_data(tmp_path, quiet, capsys):
                                            "train.eval_every=2"], run_dir=tmp_path / "r")
     assert res.status == "completed"
     assert "eval @" not in capsys.readouterr().out  # no empty "val_mse=0" lines when there is nothing to evaluate
+
+
+class Draws(TinyRecipe):
+    """Tiny recipe that records the random draws its train_step makes from each host RNG."""
+
+    name = "tiny"
+
+    def __init__(self) -> None:
+        self.draws: list[tuple[float, float, float]] = []
+
+    def train_step(self, batch, ctx):
+        import random
+
+        import numpy as np
+
+        self.draws.append((random.random(), float(np.random.rand()), float(torch.rand(()))))
+        return super().train_step(batch, ctx)
+
+
+def test_step_randomness_does_not_depend_on_worker_count(tmp_path, quiet):
+    # loading in the training thread seeds random/numpy/torch per batch; the step must not see that
+    base = quiet + ["data.num_samples=64", "train.batch_size=8", "train.max_steps=6", "data.val_samples=0",
+                    "train.eval_at_end=false", "train.best_metric=null", "train.ema.enabled=false", "train.measure_flops=false"]
+    runs = {}
+    for workers in (0, 2):
+        rec = Draws()
+        train(rec, overrides=base + [f"loader.num_workers={workers}"], run_dir=tmp_path / str(workers))
+        runs[workers] = rec.draws
+    assert len(runs[0]) == 6 and runs[0] == runs[2]
+    assert len({d[0] for d in runs[0]}) == 6 and len({d[1] for d in runs[0]}) == 6  # a fresh draw every step
