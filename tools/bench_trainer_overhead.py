@@ -117,7 +117,7 @@ def main() -> None:
                    help="DataLoader workers on both sides, one measurement each (trainhub's default is 'auto', i.e. workers; "
                         "0 loads in the training thread, where trainhub also seeds and saves/restores the RNGs per batch)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--repeats", type=int, default=4, help="run each loop this many times, in the order ABBA ABBA ...")
+    p.add_argument("--repeats", type=int, default=8, help="run each loop this many times, in the order ABBA ABBA ...")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     for workers in args.workers:

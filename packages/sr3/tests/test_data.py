@@ -29,6 +29,15 @@ def test_embedded_photos_are_real_and_paired():
     assert len(EmbeddedPhotos(8, 32, "val")) > 0
 
 
+@pytest.mark.parametrize("val_len, expected", [(3, 3), (-1, 40)])
+def test_val_len_limits_the_embedded_validation_tiles(val_len, expected):
+    from trainhub_sr3.recipe import SR3Config, SR3Recipe
+
+    cfg = SR3Config.model_validate({"data": {"val_len": val_len}})
+    _, val = SR3Recipe().build_data(cfg)
+    assert len(val) == expected
+
+
 def test_prepare_writes_the_reference_layout_and_paired_reads_it(tmp_path):
     src = _photos(tmp_path / "src")
     r = subprocess.run([sys.executable, "-m", "trainhub", "prepare", "sr3", "--path", str(src), "--out", str(tmp_path / "out"),

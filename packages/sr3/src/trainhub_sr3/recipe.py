@@ -81,7 +81,7 @@ class SR3Data(Section):
     flips: bool = True
     on_error: Literal["skip", "stop"] = Field("skip", description="an unreadable image is skipped with a warning, or stops the run")
     train_len: int = Field(-1, description="use at most N training images (-1: all)")
-    val_len: int = Field(8, description="evaluate on at most N validation images (-1: all)")
+    val_len: int = Field(-1, description="evaluate on the first N validation images (-1: all; the embedded set has 40 tiles)")
 
 
 class SR3Config(RunConfig):
@@ -91,6 +91,11 @@ class SR3Config(RunConfig):
         lr=2e-4, weight_decay=1e-2, batch_size=16, max_steps=1500, eval_every=500, checkpoint_every=500,
         best_metric="psnr", best_mode="max", ema=dict(decay=0.995), log_every=25,
     )
+
+
+def _first(data: Dataset, n: int) -> Dataset:
+    """The first ``n`` items of ``data`` (all of them for n <= 0)."""
+    return torch.utils.data.Subset(data, range(n)) if 0 < n < len(data) else data  # type: ignore[arg-type]
 
 
 def build_unet(cfg: SR3Model) -> nn.Module:
@@ -133,7 +138,7 @@ class SR3Recipe(Recipe):
             raise UserError(f"data.r_resolution={d.r_resolution} must be a multiple of data.l_resolution={d.l_resolution}")
         if d.source == "embedded":
             return (EmbeddedPhotos(d.l_resolution, d.r_resolution, "train", flips=d.flips),
-                    EmbeddedPhotos(d.l_resolution, d.r_resolution, "val"))
+                    _first(EmbeddedPhotos(d.l_resolution, d.r_resolution, "val"), d.val_len))
         if not d.root:
             raise UserError(f"data.source={d.source} needs data.root (a folder)")
         root = Path(d.root)
@@ -151,9 +156,7 @@ class SR3Recipe(Recipe):
             paired = (vroot / f"hr_{d.r_resolution}").is_dir()
             val = (PairedFolder(vroot, d.l_resolution, d.r_resolution, False, d.on_error) if paired
                    else HRFolder(vroot, d.l_resolution, d.r_resolution, False, False, d.on_error))
-        if val is not None and d.val_len > 0 and len(val) > d.val_len:
-            val = torch.utils.data.Subset(val, range(d.val_len))
-        return train, val
+        return train, None if val is None else _first(val, d.val_len)
 
     def train_step(self, batch: dict[str, torch.Tensor], ctx: StepContext) -> dict[str, torch.Tensor]:
         if not hasattr(self, "_train_schedule"):
@@ -169,12 +172,8 @@ class SR3Recipe(Recipe):
         net = ctx.models["model"]
         scores: dict[str, list[torch.Tensor]] = {"psnr": [], "ssim": [], "psnr_bicubic": [], "ssim_bicubic": []}
         shown: list[torch.Tensor] = []
-        limit = ctx.config.data.val_len
-        seen = 0
         g = torch.Generator().manual_seed(0)  # the same starting noise at every eval: scores follow the model only
         for batch in ctx.data or []:
-            if 0 < limit <= seen:
-                break
             hr, sr = batch["hr"].to(ctx.device), batch["sr"].to(ctx.device)
             with ctx.autocast():
                 out = sample(net, sr, sched, m.sampler, m.residual, generator=g, prediction=m.prediction,
@@ -187,7 +186,6 @@ class SR3Recipe(Recipe):
                 lr_big = torch.nn.functional.interpolate(batch["lr"].to(ctx.device), size=hr.shape[-2:], mode="nearest")
                 for i in range(min(hr.shape[0], 8 - len(shown))):
                     shown += [lr_big[i].cpu(), out[i].cpu(), hr[i].cpu()]
-            seen += hr.shape[0]
         if not scores["psnr"]:
             return {}
         if shown:
