@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -35,8 +36,19 @@ def _env() -> dict[str, str]:
     return env
 
 
+# On busy machines a torchrun worker that finished its run sometimes aborts while the process exits (SIGABRT,
+# "terminate called without an active exception" from torch's C++ teardown; seen about once in ten runs of the
+# CI suite on two cores). A run that fails with exactly that is started once more, from a clean run directory.
+EXIT_ABORT = "terminate called without an active exception"
+
+
 def _trainhub(*args: str, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "trainhub", *args], capture_output=True, text=True, env=_env(), timeout=240, **kw)
+    cmd = [sys.executable, "-m", "trainhub", *args]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=240, **kw)
+    if r.returncode != 0 and EXIT_ABORT in r.stderr and "--run-dir" in args and "--resume" not in args:
+        shutil.rmtree(args[args.index("--run-dir") + 1], ignore_errors=True)
+        r = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=240, **kw)
+    return r
 
 
 def _close(a: Path, b: Path) -> None:
@@ -58,14 +70,21 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     assert lines[0]["samples_per_sec"] > 0 and any(x["kind"] == "eval" for x in lines)
 
 
-def test_two_node_rendezvous_trains_and_checkpoints(tmp_path):
-    port = _port()
-    common = ["--nnodes=2", "--nproc-per-node=1", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}"]
+def _two_nodes(run_dir: Path) -> tuple[list[int], str]:
+    common = ["--nnodes=2", "--nproc-per-node=1", "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{_port()}"]
     cmd = lambda rank: [sys.executable, "-m", "torch.distributed.run", *common, f"--node-rank={rank}", "-m", "trainhub",  # noqa: E731
-                        "run", "tiny", "--run-dir", str(tmp_path / "r"), *BASE, "train.max_steps=4", "train.batch_size=4"]
+                        "run", "tiny", "--run-dir", str(run_dir), *BASE, "train.max_steps=4", "train.batch_size=4"]
     procs = [subprocess.Popen(cmd(i), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env()) for i in (0, 1)]
     outs = [p.communicate(timeout=240) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outs[0][1][-2000:] + outs[1][1][-2000:]
+    return [p.returncode for p in procs], outs[0][1][-2000:] + outs[1][1][-2000:]
+
+
+def test_two_node_rendezvous_trains_and_checkpoints(tmp_path):
+    codes, err = _two_nodes(tmp_path / "r")
+    if codes != [0, 0] and EXIT_ABORT in err:  # see EXIT_ABORT
+        shutil.rmtree(tmp_path / "r", ignore_errors=True)
+        codes, err = _two_nodes(tmp_path / "r")
+    assert codes == [0, 0], err
     last = ckpt.latest(tmp_path / "r" / "checkpoints")
     assert last.name == "checkpoint-4" and json.loads((last / "training_state.json").read_text())["world_size"] == 2
 
