@@ -43,11 +43,7 @@ def init(device: torch.device, timeout_s: float = 1800.0) -> None:
 
 
 def shutdown() -> None:
-    """Leave the process group: a barrier first, so that no rank tears down (rank 0 hosts the store) while another
-    is still in its last collective, then ``destroy_process_group`` (a process that exits without it can abort
-    with "terminate called without an active exception" in Gloo's threads)."""
     if dist.is_available() and dist.is_initialized():
-        dist.barrier()
         dist.destroy_process_group()
 
 

@@ -245,10 +245,11 @@ def train(
 
 
 def main_entry(argv_recipe: str, **kwargs: Any) -> int:
-    """CLI helper: train, then leave the process group (only after a run that ended normally on every rank:
-    after an error, torchrun stops the other ranks, and tearing down while they wait in a collective can hang)."""
-    res = train(argv_recipe, **kwargs)
+    """CLI helper: train and shut the process group down."""
+    try:
+        res = train(argv_recipe, **kwargs)
+    finally:
+        dist.shutdown()
     if res.status == "interrupted" and dist.is_main():
         print(f"trainhub: resume with: trainhub run {argv_recipe} --resume {res.run_dir}", file=sys.stderr)
-    dist.shutdown()
     return 0
