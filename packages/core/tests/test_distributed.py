@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import pytest
 import torch
@@ -42,13 +43,20 @@ def _env() -> dict[str, str]:
 EXIT_ABORT = "terminate called without an active exception"
 
 
-def _trainhub(*args: str, **kw) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "trainhub", *args]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=240, **kw)
-    if r.returncode != 0 and EXIT_ABORT in r.stderr and "--run-dir" in args and "--resume" not in args:
-        shutil.rmtree(args[args.index("--run-dir") + 1], ignore_errors=True)
-        r = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=240, **kw)
+def _run(cmd: list[str], fresh: Optional[str | Path] = None) -> subprocess.CompletedProcess:
+    """Run ``cmd``; on EXIT_ABORT run it once more, after removing ``fresh`` (a new run's directory; None for a
+    resume, which simply resumes again)."""
+    r = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=240)
+    if r.returncode != 0 and EXIT_ABORT in r.stderr:
+        if fresh is not None:
+            shutil.rmtree(fresh, ignore_errors=True)
+        r = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=240)
     return r
+
+
+def _trainhub(*args: str) -> subprocess.CompletedProcess:
+    new_run = "--run-dir" in args and "--resume" not in args
+    return _run([sys.executable, "-m", "trainhub", *args], args[args.index("--run-dir") + 1] if new_run else None)
 
 
 def _close(a: Path, b: Path) -> None:
@@ -145,11 +153,7 @@ def test_fsdp_resumes_exactly_and_consolidates_to_the_ddp_result(tmp_path):
     def launch(run_dir, stop, resume, *extra):
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script),
                str(run_dir), str(stop), resume, *ov, *extra]
-        r = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=240)
-        if r.returncode != 0 and EXIT_ABORT in r.stderr:  # see EXIT_ABORT; a resume just resumes again
-            if resume == "-":
-                shutil.rmtree(run_dir, ignore_errors=True)
-            r = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=240)
+        r = _run(cmd, run_dir if resume == "-" else None)
         assert r.returncode == 0, r.stderr[-3000:]
 
     launch(tmp_path / "full", 0, "-", "train.strategy=fsdp")

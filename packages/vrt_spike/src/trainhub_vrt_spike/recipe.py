@@ -378,7 +378,7 @@ class VRTSpikeRecipe(Recipe):
             models["teacher"] = build_teacher(self, config, models["model"])
             if config.distill.init_from_teacher:
                 picks = init_student(models["model"], models["teacher"])  # type: ignore[arg-type]
-                print(f"[vrt_spike] student initialised from the teacher; layers taken per group: "
+                print("[vrt_spike] student initialised from the teacher; layers taken per group: "
                       + ", ".join(f"{k} {v}" for k, v in picks.items()), file=sys.stderr)
         return models
 
