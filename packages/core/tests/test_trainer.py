@@ -245,3 +245,38 @@ def test_step_randomness_does_not_depend_on_worker_count(tmp_path, quiet):
         runs[workers] = rec.draws
     assert len(runs[0]) == 6 and runs[0] == runs[2]
     assert len({d[0] for d in runs[0]}) == 6 and len({d[1] for d in runs[0]}) == 6  # a fresh draw every step
+
+
+class _ForeignTiny(TinyRecipe):
+    """tiny, resumable from a made-up foreign format: weights in one file, EMA weights in another."""
+
+    def __init__(self, weights: dict[str, torch.Tensor], ema: dict[str, torch.Tensor] | None) -> None:
+        self.weights, self.ema = weights, ema
+
+    def load_foreign(self, path, models, optimizers):
+        from trainhub import ForeignResume
+
+        models["model"].load_state_dict(self.weights)
+        if self.ema is None:
+            return 40
+        return ForeignResume(40, ema={"model": self.ema}, restored=("weights", "ema", "step"))
+
+
+@pytest.mark.parametrize("with_ema", [True, False])
+def test_foreign_resume_restores_the_ema_it_is_given(tmp_path, quiet, capsys, with_ema):
+    from trainhub.builtin import TinyMLP
+
+    net = TinyMLP()
+    weights = {k: torch.full_like(v, 0.5) for k, v in net.state_dict().items()}
+    ema = {k: torch.full_like(v, -2.0) for k, v in net.state_dict().items()}
+    recipe = _ForeignTiny(weights, ema if with_ema else None)
+    over = quiet + ["train.max_steps=40", "train.eval_at_end=false", "train.best_metric=null"]
+    res = train(recipe, overrides=over, run_dir=tmp_path / "r", resume=str(tmp_path / "foreign.bin"))
+    assert res.step == 40  # nothing left to train: the saved EMA is exactly what was loaded
+    saved = load_file(str(res.last_checkpoint / "ema.safetensors"))
+    expect = ema if with_ema else weights
+    for k, v in expect.items():
+        assert torch.equal(saved[k], v.float()), k
+    out = capsys.readouterr().out
+    assert ("(weights, ema, step)" in out) == with_ema
+    assert ("EMA of model restarted" in out) == (not with_ema)

@@ -8,7 +8,7 @@ hookimpl = pluggy.HookimplMarker("trainhub")
 
 from trainhub.config import EMAConfig, LoaderConfig, RunConfig, Section, TrainConfig  # noqa: E402
 from trainhub.errors import ConfigError, PluginError, TrainingStopped, UserError  # noqa: E402
-from trainhub.recipe import EvalContext, OptimizerSpec, Recipe, StepContext  # noqa: E402
+from trainhub.recipe import EvalContext, ForeignResume, OptimizerSpec, Recipe, StepContext  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -16,6 +16,7 @@ __all__ = [
     "hookimpl",
     "Recipe",
     "OptimizerSpec",
+    "ForeignResume",
     "StepContext",
     "EvalContext",
     "RunConfig",

@@ -37,6 +37,20 @@ class OptimizerSpec:
 
 
 @dataclass
+class ForeignResume:
+    """What :meth:`Recipe.load_foreign` returns when it restored more than weights, optimizer and step.
+
+    ``ema`` holds EMA weights by model name (keys as in the model's ``state_dict``), loaded into the
+    trainer's EMA instead of restarting it from the raw weights; ``restored`` names what was read, for the
+    line the trainer prints.
+    """
+
+    step: int
+    ema: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    restored: tuple[str, ...] = ()
+
+
+@dataclass
 class StepContext:
     """What ``Recipe.train_step`` sees. Runs under the trainer's autocast."""
 
@@ -136,9 +150,12 @@ class Recipe:
         """Diffusion recipes: named schedule tensors (betas, alphas_cumprod, ...) for the parameter monitor."""
         return None
 
-    def load_foreign(self, path: str, models: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer]) -> Optional[int]:
+    def load_foreign(self, path: str, models: dict[str, nn.Module],
+                     optimizers: dict[str, torch.optim.Optimizer]) -> "Optional[int | ForeignResume]":
         """``--resume PATH`` where PATH is not a trainhub checkpoint: load another implementation's
-        checkpoint into ``models``/``optimizers`` and return the step to continue from (None: not ours)."""
+        checkpoint into ``models``/``optimizers`` and return the step to continue from (None: not ours), or a
+        :class:`ForeignResume` when the checkpoint also carries EMA weights. EMAs it does not name restart
+        from the loaded weights."""
         return None
 
     # ---- other commands ----

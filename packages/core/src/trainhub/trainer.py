@@ -25,7 +25,7 @@ from trainhub.ema import EMA
 from trainhub.errors import TrainingStopped, UserError
 from trainhub.media import MediaWriter
 from trainhub.memory import MemoryWatchdog, system_metrics
-from trainhub.recipe import EvalContext, OptimizerSpec, Recipe, StepContext
+from trainhub.recipe import EvalContext, ForeignResume, OptimizerSpec, Recipe, StepContext
 from trainhub.schedules import lr_lambda
 
 
@@ -412,11 +412,12 @@ class Trainer:
     def load_foreign(self, path: str) -> None:
         """Continue from another implementation's checkpoint (weights, optimizer, step; RNG and data
         position are not restored, so this resume is not bit-exact)."""
-        step = self.recipe.load_foreign(path, self.raw_models, self.optimizers)
-        if step is None:
+        got = self.recipe.load_foreign(path, self.raw_models, self.optimizers)
+        if got is None:
             raise UserError(f"--resume {path}: neither a trainhub checkpoint/run directory nor a checkpoint recipe "
                             f"{self.recipe.name!r} can read")
-        self.step = int(step)
+        foreign = got if isinstance(got, ForeignResume) else ForeignResume(int(got))
+        self.step = int(foreign.step)
         self.epoch, rest = divmod(self.step, self.steps_per_epoch)
         self.batch_in_epoch = rest * self.accum
         for s in self.schedulers.values():
@@ -425,9 +426,15 @@ class Trainer:
                 warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
                 s.step()
         for name, ema in self.emas.items():
-            ema.copy_from(self.raw_models[name])
+            if name in foreign.ema:
+                ema.load_state_dict({k: v.to(self.device) for k, v in foreign.ema[name].items()})
+            else:
+                ema.copy_from(self.raw_models[name])
         if self.is_main:
-            print(f"trainhub: continuing from {path} at step {self.step}", flush=True)
+            what = f" ({', '.join(foreign.restored)})" if foreign.restored else ""
+            restarted = [n for n in self.emas if n not in foreign.ema]
+            ema_note = f"; EMA of {', '.join(restarted)} restarted from the loaded weights" if restarted else ""
+            print(f"trainhub: continuing from {path} at step {self.step}{what}{ema_note}", flush=True)
 
     def save(self, name: Optional[str] = None, is_best: bool = False) -> Optional[Path]:
         if self.dry_run or self.run_dir is None:
