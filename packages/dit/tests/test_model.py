@@ -184,6 +184,40 @@ def test_class_table_may_differ_for_fine_tuning_but_nothing_else() -> None:
         compat.load_weights(micro_model(), sd)
 
 
+def test_ema_is_checked_as_strictly_as_the_weights() -> None:
+    from trainhub import UserError
+
+    m = micro_model()
+    compat.load_weights(m, random_official())
+    ema = random_official()
+    state, notes = compat.ema_state(m, ema, "ck.pt (ema)")
+    assert notes == [] and list(state) == list(m.state_dict()) and all(torch.equal(state[k], v) for k, v in ema.items())
+    del ema["blocks.1.attn.qkv.bias"]
+    with pytest.raises(UserError, match=r"ck.pt \(ema\): keys do not match.*blocks.1.attn.qkv.bias"):
+        compat.ema_state(m, ema, "ck.pt (ema)")
+    with pytest.raises(UserError, match=r"ck.pt \(ema\): pos_embed has shape \(1, 4, 48\) in the checkpoint"):
+        compat.ema_state(m, random_official(patch=4), "ck.pt (ema)")
+    state, notes = compat.ema_state(m, random_official(classes=1000), "ck.pt (ema)")
+    assert len(notes) == 1 and "class count differs" in notes[0]
+    assert torch.equal(state[compat.CLASS_TABLE], m.y_embedder.embedding_table.weight)  # the weights' (fresh) table
+
+
+def test_adam_moments_in_another_order_are_refused() -> None:
+    from trainhub import UserError
+
+    sd = random_official()
+    params = [torch.nn.Parameter(v.clone()) for v in sd.values()]
+    opt = torch.optim.AdamW(params, lr=1e-4)
+    for p in params[1:]:
+        p.grad = torch.randn_like(p)
+    opt.step()
+    m = micro_model()
+    ours = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4)
+    shifted = list(sd)[1:] + ["pos_embed"]  # one place off: moments land on parameters of other shapes
+    with pytest.raises(UserError, match="does not follow its 'model' order"):
+        compat.load_optimizer(ours, m, opt.state_dict(), shifted)
+
+
 def test_forward_with_cfg_guides_the_noise_channels() -> None:
     from trainhub_dit.diffusion import guided
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 
+import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 
 from trainhub.cli import main
 from trainhub.run import train
@@ -61,31 +63,94 @@ def test_run_resumes_exactly_and_samples(tmp_path, micro, interrupt_and_resume, 
     assert main(["dit", "nothing"]) == 2 and "precompute-latents" in capsys.readouterr().err
 
 
-def test_official_training_checkpoint_continues(tmp_path, micro) -> None:
-    """--resume <official train.py checkpoint>: weights, Adam moments and the step carry over."""
-    from trainhub.plugins import get_plugins
-    from trainhub.run import resolve_config
+def official_checkpoint(path, config, num_classes=None, with_ema=True):
+    """An official train.py checkpoint ({"model", "ema", "opt", "args"}, torch.save) of the micro DiT after one
+    AdamW step, EMA different from the weights everywhere (pos_embed too); ``with_ema=False``: released weights."""
     from trainhub_dit.recipe import build_dit
 
-    recipe = get_plugins().recipe("dit")
-    config = resolve_config(recipe, get_plugins(), None, micro)
+    if num_classes is not None:
+        config = config.model_copy(update={"model": config.model.model_copy(update={"num_classes": num_classes})})
     torch.manual_seed(1)
     net = build_dit(config)
-    for p in net.parameters():
-        p.data.add_(0.01 * torch.randn_like(p))
     sd = {"pos_embed": net.pos_embed, **{k: v for k, v in net.state_dict().items() if k != "pos_embed"}}
-    params = [torch.nn.Parameter(v.clone()) for v in sd.values()]
-    opt = torch.optim.AdamW(params, lr=1e-4)
+    params = [torch.nn.Parameter(v + 0.01 * torch.randn_like(v)) for v in sd.values()]  # official order: pos_embed first
+    opt = torch.optim.AdamW(params, lr=1e-4)  # as train.py: every parameter, pos_embed (frozen there) without a grad
     for p in params[1:]:
-        p.grad = torch.ones_like(p)
+        p.grad = torch.randn_like(p)
     opt.step()
-    official = tmp_path / "0000007.pt"
-    torch.save({"model": sd, "ema": sd, "opt": opt.state_dict(), "args": argparse.Namespace(model="DiT-Micro/4")}, official)
-    res = train("dit", overrides=micro + ["train.max_steps=9", "train.eval_at_end=false"], run_dir=tmp_path / "run",
-                resume=str(official))
-    assert res.status == "completed" and res.step == 9
-    state = json.loads((res.last_checkpoint / "training_state.json").read_text())
-    assert state["step"] == 9
+    sd = {k: p.detach().clone() for k, p in zip(sd, params)}
+    ema = {k: v + 0.05 * torch.randn_like(v) for k, v in sd.items()}
+    args = argparse.Namespace(model="DiT-Micro/4", image_size=16, num_classes=config.model.num_classes, epochs=1400,
+                              global_batch_size=256, global_seed=0, vae="ema", ckpt_every=7)
+    official = {"model": sd, "ema": ema, "opt": opt.state_dict(), "args": args}
+    torch.save(official if with_ema else sd, path)
+    return official
+
+
+def micro_config(micro):
+    from trainhub.plugins import get_plugins
+    from trainhub.run import resolve_config
+
+    return resolve_config(get_plugins().recipe("dit"), get_plugins(), None, micro)
+
+
+def test_official_checkpoint_resumes_with_its_ema_bit_exact(tmp_path, micro, capsys) -> None:
+    """--resume <official train.py checkpoint> with nothing left to train: the first trainhub checkpoint holds the
+    checkpoint's weights and its EMA exactly as saved there, and the resume line names what was restored."""
+    official = official_checkpoint(tmp_path / "0000007.pt", micro_config(micro))
+    res = train("dit", overrides=micro + ["train.max_steps=7", "train.eval_at_end=false"], run_dir=tmp_path / "run",
+                resume=str(tmp_path / "0000007.pt"))
+    assert res.status == "completed" and res.step == 7
+    for file, expect in (("model.safetensors", official["model"]), ("ema.safetensors", official["ema"])):
+        saved = load_file(str(res.last_checkpoint / file))
+        assert set(saved) == set(expect)
+        for k, v in expect.items():
+            assert torch.equal(saved[k], v), (file, k)
+    out = capsys.readouterr()
+    assert "at step 7 (weights, optimizer, ema, step)" in out.out and "restarted" not in out.out
+    assert "train.py keeps its EMA at decay 0.9999" in out.err and "train.ema.decay=0.9" in out.err
+
+
+@pytest.mark.parametrize("with_ema", [True, False], ids=["train.py checkpoint", "released weights"])
+def test_one_step_after_an_official_checkpoint_moves_its_ema(tmp_path, micro, capsys, with_ema) -> None:
+    """One step after the resume: EMA = lerp(the checkpoint's EMA, the new weights, 1 - train.ema.decay) for every
+    parameter, buffers (pos_embed) follow the weights; released weights (no EMA) start it from the weights."""
+    name = "0000007.pt" if with_ema else "DiT-Micro-4-16x16.pt"
+    official = official_checkpoint(tmp_path / name, micro_config(micro), with_ema=with_ema)
+    start = 7 if with_ema else 0
+    res = train("dit", overrides=micro + [f"train.max_steps={start + 1}", "train.eval_at_end=false"],
+                run_dir=tmp_path / "run", resume=str(tmp_path / name))
+    assert res.status == "completed" and res.step == start + 1
+    weights = load_file(str(res.last_checkpoint / "model.safetensors"))
+    ema = load_file(str(res.last_checkpoint / "ema.safetensors"))
+    before = official["ema"] if with_ema else official["model"]
+    assert not torch.equal(weights["final_layer.linear.weight"], official["model"]["final_layer.linear.weight"])  # it trained
+    for k, v in before.items():
+        expect = weights[k] if k == "pos_embed" else torch.lerp(v, weights[k], 1 - 0.9)
+        assert torch.equal(ema[k], expect), k
+    out = capsys.readouterr().out
+    if with_ema:
+        assert "at step 7 (weights, optimizer, ema, step)" in out and "restarted" not in out
+    else:
+        assert "at step 0 (weights); EMA of model restarted from the loaded weights" in out
+
+
+def test_official_checkpoint_with_other_classes_keeps_a_fresh_class_table(tmp_path, micro, capsys) -> None:
+    """A train.py checkpoint with 10 classes resumed with 4: weights, EMA and Adam moments carry over except the class
+    table, which is fresh in the weights and the EMA alike (and trains without its old moments)."""
+    official = official_checkpoint(tmp_path / "0000007.pt", micro_config(micro), num_classes=10)
+    res = train("dit", overrides=micro + ["train.max_steps=8", "train.eval_at_end=false"], run_dir=tmp_path / "run",
+                resume=str(tmp_path / "0000007.pt"))
+    assert res.status == "completed" and res.step == 8
+    weights = load_file(str(res.last_checkpoint / "model.safetensors"))
+    ema = load_file(str(res.last_checkpoint / "ema.safetensors"))
+    table = "y_embedder.embedding_table.weight"
+    assert ema[table].shape == weights[table].shape == (5, 32)
+    for k, v in official["ema"].items():
+        if k not in (table, "pos_embed"):
+            assert torch.equal(ema[k], torch.lerp(v, weights[k], 1 - 0.9)), k
+    err = capsys.readouterr().err
+    assert err.count("class count differs") == 2  # one line for the weights, one for the EMA
 
 
 def test_import_official_released_weights(tmp_path, micro) -> None:
@@ -102,3 +167,26 @@ def test_import_official_released_weights(tmp_path, micro) -> None:
     _, config, models, _ = _load_for_inference("dit", str(tmp_path / "imp"), True, [])
     assert config.model.input_size == 8 and config.data.space == "latent"
     assert all(torch.equal(a, b) for a, b in zip(models["model"].state_dict().values(), net.state_dict().values()))
+
+
+def test_import_official_training_checkpoint_keeps_its_ema(tmp_path, micro) -> None:
+    """A train.py checkpoint -> a run directory: architecture, size and classes from its args, the step from its name,
+    `trainhub sample dit` samples its EMA (the raw weights with --no-ema)."""
+    from trainhub.cli import _load_for_inference
+    from trainhub.plugins import get_plugins
+    from trainhub_dit.model import DiT_models
+
+    torch.manual_seed(0)
+    sd = DiT_models["DiT-Ti/8"](input_size=8, in_channels=4, num_classes=10).state_dict()
+    ema = {k: v + 0.05 * torch.randn_like(v) for k, v in sd.items()}
+    args = argparse.Namespace(model="DiT-Ti/8", image_size=64, num_classes=10, global_batch_size=256)
+    torch.save({"model": sd, "ema": ema, "opt": {"state": {}, "param_groups": []}, "args": args}, tmp_path / "0000300.pt")
+    get_plugins().recipe("dit").command(["import-official", "--checkpoint", str(tmp_path / "0000300.pt"),
+                                         "--out", str(tmp_path / "imp")])
+    state = json.loads((tmp_path / "imp" / "checkpoints" / "checkpoint-300" / "training_state.json").read_text())
+    assert state["step"] == 300
+    for use_ema, expect in ((True, ema), (False, sd)):
+        _, config, models, _ = _load_for_inference("dit", str(tmp_path / "imp"), use_ema, [])
+        assert (config.model.name, config.model.input_size, config.model.num_classes) == ("DiT-Ti/8", 8, 10)
+        got = models["model"].state_dict()
+        assert all(torch.equal(got[k], v) for k, v in expect.items())

@@ -61,13 +61,12 @@ def read(path: str | Path) -> OfficialCheckpoint:
     raise UserError(f"{p}: neither a DiT state dict nor a training checkpoint with a 'model' entry")
 
 
-def load_weights(model: nn.Module, sd: dict[str, torch.Tensor], source: str = "checkpoint") -> list[str]:
-    """Load an official state dict into our :class:`~trainhub_dit.model.DiT`; returns notes on what was kept.
+def _matching(own: dict[str, torch.Tensor], sd: dict[str, torch.Tensor], source: str) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The entries of ``sd`` that load into a DiT whose state dict is ``own``, and notes on what was left out.
 
     Every key must exist with the same shape, except the class table when the number of classes differs (a
-    fine-tune on other classes): ours is kept and noted.
+    fine-tune on other classes): it is left out and noted.
     """
-    own = model.state_dict()
     missing = sorted(set(own) - set(sd))
     unexpected = sorted(set(sd) - set(own))
     if missing or unexpected:
@@ -78,27 +77,60 @@ def load_weights(model: nn.Module, sd: dict[str, torch.Tensor], source: str = "c
         if v.shape == own[k].shape:
             load[k] = v
         elif k == CLASS_TABLE:
-            notes.append(f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}: class count differs, "
+            notes.append(f"{source}: {k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}: class count differs, "
                          "kept freshly initialised")
         else:
             raise UserError(f"{source}: {k} has shape {tuple(v.shape)} in the checkpoint but {tuple(own[k].shape)} here "
                             "(check model.name, model.input_size / data.image_size, model.in_channels, model.learn_sigma)")
+    return load, notes
+
+
+def load_weights(model: nn.Module, sd: dict[str, torch.Tensor], source: str = "checkpoint") -> list[str]:
+    """Load an official state dict into our :class:`~trainhub_dit.model.DiT`; returns notes on what was kept.
+
+    Every key must exist with the same shape, except the class table when the number of classes differs (a
+    fine-tune on other classes): ours is kept and noted.
+    """
+    load, notes = _matching(model.state_dict(), sd, source)
     model.load_state_dict(load, strict=False)
     return notes
+
+
+def ema_state(model: nn.Module, ema: dict[str, torch.Tensor], source: str = "checkpoint ema") -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The official ``ema`` (a full state dict of the EMA model) as the state of our EMA of ``model``, checked as
+    strictly as the weights; returns it with notes.
+
+    Where the class count differs, the EMA's class table is ``model``'s (the fresh one :func:`load_weights` kept):
+    the table starts its average from the weights, as a restarted EMA would, and every other tensor keeps its
+    history. ``model`` must hold the loaded weights already.
+    """
+    own = model.state_dict()
+    load, notes = _matching(own, ema, source)
+    return {k: load[k] if k in load else own[k].detach().clone() for k in own}, notes
 
 
 def load_optimizer(opt: torch.optim.Optimizer, model: nn.Module, official: dict[str, Any], order: list[str]) -> int:
     """Move Adam moments from the official optimizer state onto ours; returns the step it had reached.
 
     ``order`` names the official parameters in optimizer order (its state dict's keys: ``pos_embed`` first, a frozen
-    parameter without state there, a buffer here). Our hyperparameters (lr, betas, fused) stay as configured.
+    parameter without state there, a buffer here). Our hyperparameters (lr, betas, fused) stay as configured. The
+    moments of a class table of another size are left out (the table is fresh, see :func:`load_weights`); any other
+    moment whose shape differs from its parameter's means the order does not match and is refused.
     """
     ours = {id(p): i for i, p in enumerate(p for g in opt.param_groups for p in g["params"])}
-    by_name = {n: ours[id(p)] for n, p in model.named_parameters() if id(p) in ours}
+    named = {n: p for n, p in model.named_parameters() if id(p) in ours}
     state: dict[int, Any] = {}
     for i, name in enumerate(order):
-        if i in official.get("state", {}) and name in by_name:
-            state[by_name[name]] = official["state"][i]
+        if i not in official.get("state", {}) or name not in named:
+            continue
+        moments = official["state"][i]
+        shape = tuple(moments["exp_avg"].shape) if "exp_avg" in moments else tuple(named[name].shape)
+        if shape != tuple(named[name].shape):
+            if name == CLASS_TABLE:
+                continue
+            raise UserError(f"optimizer state {i} ({name}) has Adam moments of shape {shape} but the parameter is "
+                            f"{tuple(named[name].shape)}: the checkpoint's 'opt' does not follow its 'model' order")
+        state[ours[id(named[name])]] = moments
     if not state:
         return 0
     sd = opt.state_dict()

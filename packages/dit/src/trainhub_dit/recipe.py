@@ -22,7 +22,7 @@ from pydantic import Field
 from torch import nn
 from torch.utils.data import Dataset
 
-from trainhub import EvalContext, Recipe, RunConfig, Section, StepContext, TrainConfig, UserError
+from trainhub import EMAConfig, EvalContext, ForeignResume, Recipe, RunConfig, Section, StepContext, TrainConfig, UserError
 from trainhub.media import make_grid
 
 from trainhub_dit import compat
@@ -101,6 +101,10 @@ class DiTConfig(RunConfig):
     )
 
 
+# the official train.py updates its EMA every step at this decay (update_ema's default)
+OFFICIAL_EMA_DECAY = 0.9999
+
+
 def latent_mode(config: DiTConfig) -> bool:
     d = config.data
     return d.space == "latent" or (d.space == "auto" and (d.source == "latents" or d.vae is not None))
@@ -144,10 +148,12 @@ class DiTRecipe(Recipe):
         self._diffusions: dict[tuple[int, bool, str], GaussianDiffusion] = {}
         self._vaes: dict[tuple[str, str], nn.Module] = {}
         self._said: set[str] = set()
+        self._ema_config: Optional[EMAConfig] = None
 
     # ---- building ----
     def build_models(self, config: DiTConfig) -> dict[str, nn.Module]:
         self._said.clear()  # one-line notices (FID skipped, ...) are said once per run
+        self._ema_config = config.train.ema  # load_foreign continues an official EMA only where the run keeps one
         return {"model": build_dit(config)}
 
     def build_data(self, config: DiTConfig) -> tuple[Dataset, Optional[Dataset]]:
@@ -322,17 +328,35 @@ class DiTRecipe(Recipe):
         return {k: t[k].float() for k in ("betas", "alphas_cumprod")}
 
     # ---- the reference's checkpoints ----
-    def load_foreign(self, path: str, models: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer]) -> Optional[int]:
-        """``--resume X.pt``: an official training checkpoint (weights, Adam moments, step) or released weights (step 0)."""
+    def load_foreign(self, path: str, models: dict[str, nn.Module],
+                     optimizers: dict[str, torch.optim.Optimizer]) -> Optional[ForeignResume]:
+        """``--resume X.pt``: an official training checkpoint (weights, Adam moments, EMA, step) or released weights
+        (weights only, step 0: the EMA restarts from them)."""
         if not Path(path).is_file():
             return None
         ck = compat.read(path)
-        for note in compat.load_weights(models["model"], ck.model, path):
-            print(f"trainhub-dit: {note}", file=sys.stderr)
+        net = models["model"]
+        notes = compat.load_weights(net, ck.model, path)
+        restored, ema = ["weights"], {}
         step = 0
         if ck.opt is not None and "model" in optimizers:
-            step = compat.load_optimizer(optimizers["model"], models["model"], ck.opt, list(ck.model))
-        return compat.step_from_name(path) or step
+            step = compat.load_optimizer(optimizers["model"], net, ck.opt, list(ck.model))
+            if step:
+                restored.append("optimizer")
+        e = self._ema_config
+        if ck.ema is not None and e is not None and e.enabled:
+            ema["model"], more = compat.ema_state(net, ck.ema, f"{path} (ema)")
+            notes += more
+            restored.append("ema")
+            if e.decay != OFFICIAL_EMA_DECAY:
+                notes.append(f"train.py keeps its EMA at decay {OFFICIAL_EMA_DECAY}; this run continues it at "
+                             f"train.ema.decay={e.decay} (set train.ema.decay={OFFICIAL_EMA_DECAY} to continue as train.py would)")
+        step = compat.step_from_name(path) or step
+        if step:
+            restored.append("step")
+        for note in notes:
+            print(f"trainhub-dit: {note}", file=sys.stderr)
+        return ForeignResume(step, ema=ema, restored=tuple(restored))
 
     # ---- commands ----
     def command(self, args: list[str]) -> None:
