@@ -49,6 +49,13 @@ def test_resolved_config_round_trips(tmp_path):
         (["train.ema.decay=2"], "train.ema.decay: Input should be less than or equal to 1"),
         (["nonsense"], "cannot read argument 'nonsense'"),
         (["--train.lr"], "override --train.lr needs a value"),
+        (["train.lr=.inf"], "train.lr: Input should be a finite number (got inf)"),
+        (["train.lr=.nan"], "train.lr: Input should be a finite number (got nan)"),
+        (["train.betas=[0.9, -.inf]"], "train.betas.1: Input should be a finite number (got -inf)"),
+        (["model.dropout=.nan"], "model.dropout: Input should be a finite number"),  # a recipe's own section too
+        (["train.batch_size=0"], "train.batch_size: must be a whole number >= 1, or auto (got 0)"),
+        (["train.batch_size=-4"], "train.batch_size: must be a whole number >= 1, or auto (got -4)"),
+        (["train.batch_size=big"], "train.batch_size: must be a whole number >= 1, or auto (got 'big')"),
     ],
 )
 def test_errors_name_the_key(overrides, message):
@@ -75,6 +82,18 @@ def test_file_errors(tmp_path):
         C.resolve(TinyConfig, top)
 
 
+@pytest.mark.parametrize("content, message", [
+    (b"\xff\xfe\x00b\x00i\x00n", r"c.yaml: a binary file, not a config \(byte 0xff at line 1\)"),
+    (b"train:\n  lr: 1e-3\nrun_name: caf\xe9\n", r"c.yaml: not UTF-8 text \(byte 0xe9 at line 3\); a config is YAML or JSON saved as UTF-8"),
+    (b"train:\n  lr: 1e-3\x00\n", r"c.yaml: a binary file, not a config \(a NUL byte at line 2\)"),
+])
+def test_config_file_that_is_not_utf8_text(tmp_path, content, message):
+    f = tmp_path / "c.yaml"
+    f.write_bytes(content)
+    with pytest.raises(ConfigError, match=message):
+        C.resolve(TinyConfig, f)
+
+
 def _cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "trainhub", *args], capture_output=True, text=True, cwd=cwd)
 
@@ -85,6 +104,10 @@ def test_cli_prints_one_line_and_exits_2(tmp_path):
     assert r.stderr.strip().splitlines() == [r.stderr.strip()] and "did you mean 'train.lr'" in r.stderr
     assert "Traceback" not in r.stderr
     assert not (tmp_path / "runs").exists()  # nothing written for a bad config
+    (tmp_path / "latin1.yaml").write_bytes(b"run_name: caf\xe9\n")
+    r = _cli("run", "tiny", "--config", "latin1.yaml", cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.strip() == "trainhub: error: latin1.yaml: not UTF-8 text (byte 0xe9 at line 1); " \
+        "a config is YAML or JSON saved as UTF-8"
     r = _cli("run", "nope", cwd=tmp_path)
     assert r.returncode == 2 and "unknown recipe 'nope'; available:" in r.stderr and "tiny" in r.stderr
 

@@ -13,15 +13,17 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
 from trainhub.errors import ConfigError
 
 
 class Section(BaseModel):
-    """Base for every config section: unknown keys are errors, assignments are validated."""
+    """Base for every config section: unknown keys are errors, assignments are validated, and a float is
+    finite (``.inf`` or ``.nan`` in a float key, say ``train.lr``, is an error naming the key: an infinite lr
+    turns the weights into NaN on the first step)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=(), allow_inf_nan=False)
 
 
 class EMAConfig(Section):
@@ -42,7 +44,7 @@ class DataPhase(Section):
 class TrainConfig(Section):
     max_steps: int = Field(1000, ge=1, description="optimizer steps (ignored when epochs is set)")
     epochs: Optional[int] = Field(None, ge=1, description="train for this many epochs instead of max_steps")
-    batch_size: Union[int, Literal["auto"]] = Field(8, description="per-device micro-batch size, or auto (largest that fits)")
+    batch_size: Union[int, Literal["auto"]] = Field(8, description="per-device micro-batch size (>= 1), or auto (largest that fits)")
     global_batch_size: Optional[int] = Field(None, ge=1, description="with batch_size auto: set accumulation to reach it")
     auto_batch_max: int = Field(1024, ge=1)
     auto_batch_margin: float = Field(0.05, ge=0.0, lt=1.0, description="fraction taken off the largest fitting batch")
@@ -80,6 +82,19 @@ class TrainConfig(Section):
     channels_last: bool = False
     measure_flops: bool = Field(True, description="count FLOPs per sample on the first step; logs tflops and mfu (CUDA)")
     strategy: Literal["ddp", "fsdp"] = Field("ddp", description="ddp, or fsdp (FSDP2 fully_shard per block; for large models)")
+
+    @field_validator("batch_size", mode="before")
+    @classmethod
+    def _batch_size(cls, v: Any) -> Any:
+        if v == "auto":
+            return v
+        try:
+            n = int(v) if not isinstance(v, (bool, float)) else None
+        except (TypeError, ValueError):
+            n = None
+        if n is None or n < 1:
+            raise ValueError("must be a whole number >= 1, or auto")
+        return n
 
 
 class LoaderConfig(Section):
@@ -162,7 +177,16 @@ def load_file(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
-    text = p.read_text(encoding="utf-8")
+    raw = p.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        kind = "a binary file, not a config" if b"\0" in raw else "not UTF-8 text"
+        raise ConfigError(f"{p}: {kind} (byte 0x{raw[e.start]:02x} at line {line}); a config is YAML or JSON saved as UTF-8") from None
+    if "\0" in text:
+        raise ConfigError(f"{p}: a binary file, not a config (a NUL byte at line {text[: text.index(chr(0))].count(chr(10)) + 1}); "
+                          f"a config is YAML or JSON saved as UTF-8")
     if p.suffix.lower() == ".json":
         try:
             data = json.loads(strip_json_comments(text))
