@@ -1,6 +1,6 @@
-"""SR3 datasets: the reference's paired folders, any folder of HR images degraded on the fly, and an
-embedded default cut from the real photographs scikit-image ships. Items are dicts of CxHxW float
-tensors in [-1, 1]: ``hr``, ``sr`` (bicubic-upsampled LR) and ``lr``."""
+"""SR3 datasets: the reference's paired folders (and its LMDB layout, :mod:`trainhub_sr3.lmdb_store`), any
+folder of HR images degraded on the fly, and an embedded default cut from the real photographs scikit-image
+ships. Items are dicts of CxHxW float tensors in [-1, 1]: ``hr``, ``sr`` (bicubic-upsampled LR) and ``lr``."""
 
 from __future__ import annotations
 
@@ -47,13 +47,16 @@ def resize(img: Image.Image, size: int | tuple[int, int]) -> Image.Image:
 
 
 def resize_and_crop(img: Image.Image, size: int) -> Image.Image:
-    """Shorter side to ``size`` (bicubic), then a centre crop, as the reference's prepare script does."""
+    """Shorter side to ``size`` (bicubic; the longer side ``int(size * long / short)``), then a centre crop at
+    ``round((side - size) / 2)``: the arithmetic of the torchvision resize and centre crop the reference's prepare
+    script calls."""
     w, h = img.size
     if min(w, h) != size:
-        s = size / min(w, h)
-        img = img.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BICUBIC)
+        short, long = min(w, h), max(w, h)
+        new = (size, int(size * long / short)) if w <= h else (int(size * long / short), size)
+        img = img.resize(new, Image.BICUBIC)
     w, h = img.size
-    left, top = (w - size) // 2, (h - size) // 2
+    left, top = int(round((w - size) / 2.0)), int(round((h - size) / 2.0))
     return img.crop((left, top, left + size, top + size))
 
 
@@ -109,10 +112,38 @@ class PairedFolder(Dataset):
         self.errors = ImageErrors(on_error)
         hr = self.errors.check([self.dirs["hr"] / n for n in sorted(names["hr"])])
         self.names = [p.name for p in hr][: limit if limit > 0 else None]
-        self.has_lr = "lr" in names
+        self.has_lr = "lr" in names and names["hr"] <= names["lr"]
         self.flips, self.l_res = flips, l_res
         if not self.names:
             raise UserError(f"{root}: no readable images in {self.dirs['hr'].name}/")
+        self._check_sizes(l_res, r_res)
+
+    def _check_sizes(self, l_res: int, r_res: int) -> None:
+        """Every image has its folder's size (reading headers only: ~0.1 ms an image), so that a stray one is
+        named here instead of failing a batch later."""
+        expect = {"hr": r_res, "sr": r_res, "lr": l_res}
+        kinds = ("hr", "sr", "lr") if self.has_lr else ("hr", "sr")
+        good = []
+        for name in self.names:
+            try:
+                sizes = {}
+                for k in kinds:
+                    with Image.open(self.dirs[k] / name) as im:
+                        sizes[k] = im.size
+            except Exception as exc:
+                self.errors.bad(self.dirs[k] / name, exc)
+                continue
+            for k in kinds:
+                n = expect[k]
+                if sizes[k] != (n, n):
+                    key = "data.r_resolution" if k != "lr" else "data.l_resolution"
+                    raise UserError(f"{self.dirs[k] / name}: {sizes[k][0]}x{sizes[k][1]} pixels, expected {n}x{n} like every "
+                                    f"image in {self.dirs[k].name}/ ({key}={n}); prepare the folder again with `trainhub "
+                                    "prepare sr3` or remove the image")
+            good.append(name)
+        self.names = good
+        if not self.names:
+            raise UserError(f"{self.dirs['hr'].parent}: no readable image pairs")
 
     def __len__(self) -> int:
         return len(self.names)
@@ -223,11 +254,24 @@ class EmbeddedPhotos(Dataset):
         return {"hr": out[0], "sr": out[1], "lr": out[2]}
 
 
-def prepare(src: Path, out: Path, l_res: int, r_res: int, on_error: str = "skip", progress: bool = True) -> int:
-    """Write the reference's paired layout (``hr_<R>``, ``lr_<r>``, ``sr_<r>_<R>``) from a folder of images."""
+def prepared_triple(img: Image.Image, l_res: int, r_res: int) -> tuple[Image.Image, Image.Image, Image.Image]:
+    """(LR, HR, SR) as the reference's prepare script makes them: LR and HR each resized and centre-cropped from
+    the source image, SR the LR upsampled back to ``r_res`` (bicubic throughout)."""
+    lr = resize_and_crop(img, l_res)
+    return lr, resize_and_crop(img, r_res), resize(lr, r_res)
+
+
+def prepare(src: Path, out: Path, l_res: int, r_res: int, on_error: str = "skip", progress: bool = True,
+            lmdb: bool = False) -> int:
+    """Write the reference's paired layout from a folder of images, numbered 00000, 00001, ... in sorted file
+    order: folders ``hr_<R>/``, ``lr_<r>/``, ``sr_<r>_<R>/`` (each PNG written to a temporary name and renamed),
+    or with ``lmdb`` one LMDB database (:class:`~trainhub_sr3.lmdb_store.LMDBWriter`; a second run continues
+    after the images it already holds). Returns the number of images in ``out``."""
     import os
 
     from tqdm.auto import tqdm
+
+    from trainhub_sr3.lmdb_store import LMDBWriter
 
     if not src.is_dir():
         raise UserError(f"--path {src} is not a folder")
@@ -235,24 +279,36 @@ def prepare(src: Path, out: Path, l_res: int, r_res: int, on_error: str = "skip"
     paths = list_images(src)
     if not paths:
         raise UserError(f"--path {src}: no images ({', '.join(sorted(IMAGE_EXTS))})")
+    writer = LMDBWriter(out, l_res, r_res) if lmdb else None
     dirs = {k: out / name for k, name in (("hr", f"hr_{r_res}"), ("lr", f"lr_{l_res}"), ("sr", f"sr_{l_res}_{r_res}"))}
-    for d in dirs.values():
-        d.mkdir(parents=True, exist_ok=True)
+    if writer is None:
+        for d in dirs.values():
+            d.mkdir(parents=True, exist_ok=True)
+    done = writer.length if writer is not None else 0  # images an interrupted run already wrote
     written = 0
-    for i, p in enumerate(tqdm(paths, desc="prepare sr3", unit="img", disable=not progress)):
-        try:
-            img = Image.open(p).convert("RGB")
-        except Exception as exc:
-            errors.bad(p, exc)
-            continue
-        hr = resize_and_crop(img, r_res)
-        lr, sr = degrade(hr, l_res, r_res)
-        name = f"{i:05d}.png"
-        for key, im in (("hr", hr), ("lr", lr), ("sr", sr)):
-            tmp = dirs[key] / f".{name}.tmp"
-            im.save(tmp, format="PNG")
-            os.replace(tmp, dirs[key] / name)
-        written += 1
+    try:
+        for p in tqdm(paths, desc="prepare sr3", unit="img", disable=not progress):
+            try:
+                img = Image.open(p).convert("RGB")
+            except Exception as exc:
+                errors.bad(p, exc)
+                continue
+            if written < done:  # already in the database: the same sorted sources give the same numbering
+                written += 1
+                continue
+            lr, hr, sr = prepared_triple(img, l_res, r_res)
+            if writer is not None:
+                writer.add(lr, hr, sr)
+            else:
+                name = f"{written:05d}.png"
+                for key, im in (("hr", hr), ("lr", lr), ("sr", sr)):
+                    tmp = dirs[key] / f".{name}.tmp"
+                    im.save(tmp, format="PNG")
+                    os.replace(tmp, dirs[key] / name)
+            written += 1
+    finally:
+        if writer is not None:
+            writer.close()
     return written
 
 

@@ -2,7 +2,12 @@
 and the samplers (ancestral, as the reference, and deterministic DDIM).
 
 The network predicts the noise (``eps``, the reference's parameterisation), the clean target (``x0``) or
-``v = sqrt(gamma) * eps - sqrt(1 - gamma) * x0``; :func:`split_prediction` turns any of them into both."""
+``v = sqrt(gamma) * eps - sqrt(1 - gamma) * x0``; :func:`split_prediction` turns any of them into both.
+
+``discrete``: the reference's ddpm network is conditioned on the integer timestep (one per sample, drawn
+from 0..T-1) instead of the continuous noise level; sampling then feeds each step's index in the schedule it
+was trained on (:attr:`Schedule.timesteps`). ``conditional=False``: unconditional generation, the network
+sees the noisy image alone."""
 
 from __future__ import annotations
 
@@ -40,25 +45,39 @@ def make_betas(schedule: str, n: int, linear_start: float = 1e-4, linear_end: fl
     raise ValueError(f"unknown beta schedule {schedule!r}; allowed: {', '.join(SCHEDULES)}")
 
 
+def respaced_steps(n: int, steps: int) -> np.ndarray:
+    """The timesteps of an ``n``-step schedule that a ``steps``-step respacing keeps (evenly spaced, ends included)."""
+    if steps >= n:
+        return np.arange(n, dtype=np.int64)
+    return np.unique(np.round(np.linspace(0, n - 1, steps)).astype(np.int64))
+
+
 def respace(betas: np.ndarray, steps: int) -> np.ndarray:
     """Betas of a ``steps``-step chain visiting evenly spaced timesteps of ``betas`` with the same
     cumulative alphas there (so x_t has the same marginal distribution at every kept step)."""
     ac = np.cumprod(1.0 - betas)
     if steps >= len(betas):
         return betas.copy()
-    keep = np.unique(np.round(np.linspace(0, len(betas) - 1, steps)).astype(np.int64))
-    kept = ac[keep]
+    kept = ac[respaced_steps(len(betas), steps)]
     prev = np.concatenate([[1.0], kept[:-1]])
     return 1.0 - kept / prev
 
 
 @dataclass
 class Schedule:
-    """Precomputed quantities of one beta schedule (float64 numpy, small)."""
+    """Precomputed quantities of one beta schedule (float64 numpy, small). ``timesteps``: the index each step
+    had in the schedule the network was trained on (default 0..T-1; a respaced schedule keeps the originals)."""
 
     betas: np.ndarray
+    timesteps: Optional[np.ndarray] = None
+
+    @classmethod
+    def respaced(cls, betas: np.ndarray, steps: int) -> "Schedule":
+        return cls(respace(betas, steps), respaced_steps(len(betas), steps))
 
     def __post_init__(self) -> None:
+        if self.timesteps is None:
+            self.timesteps = np.arange(len(self.betas), dtype=np.int64)
         self.alphas_cumprod = np.cumprod(1.0 - self.betas)
         self.alphas_cumprod_prev = np.append(1.0, self.alphas_cumprod[:-1])
         self.sqrt_alphas_cumprod_prev = np.sqrt(np.append(1.0, self.alphas_cumprod))  # gamma levels 0..T
@@ -110,24 +129,32 @@ def training_loss(
     residual: bool = False,
     prediction: str = "eps",
     residual_scale: float = 1.0,
+    discrete: bool = False,
+    conditional: bool = True,
 ) -> torch.Tensor:
     """SR3's objective: one timestep t per batch, then sqrt(gamma) per sample uniformly between the
     schedule's levels at t-1 and t; noise the target, predict the noise (or ``x0`` / ``v``), L1 (or L2)
-    mean over pixels (the reference's sum / (b*c*h*w)).
+    mean over pixels (the reference's sum / (b*c*h*w)). ``discrete`` (the ddpm network): one timestep per
+    sample from 0..T-1, sqrt(gamma) = sqrt(alphas_cumprod[t]), and the network is given t.
 
     ``residual``: diffuse ``(hr - sr) * residual_scale`` (the detail bicubic misses, scaled towards unit
     variance so that the schedule's informative noise levels are not squeezed next to level 1) instead of ``hr``.
     """
     b = hr.shape[0]
     x0 = (hr - sr) * residual_scale if residual else hr
-    t = int(torch.randint(1, schedule.steps + 1, ()).item())
-    lo, hi = schedule.sqrt_alphas_cumprod_prev[t - 1], schedule.sqrt_alphas_cumprod_prev[t]
-    level = (lo + (hi - lo) * torch.rand(b, device=hr.device, dtype=torch.float64)).float()
+    if discrete:
+        t_b = torch.randint(0, schedule.steps, (b,))
+        level = torch.from_numpy(np.sqrt(schedule.alphas_cumprod))[t_b].float().to(hr.device)
+        cond = t_b.float().to(hr.device)
+    else:
+        t = int(torch.randint(1, schedule.steps + 1, ()).item())
+        lo, hi = schedule.sqrt_alphas_cumprod_prev[t - 1], schedule.sqrt_alphas_cumprod_prev[t]
+        level = cond = (lo + (hi - lo) * torch.rand(b, device=hr.device, dtype=torch.float64)).float()
     noise = torch.randn_like(x0)
     g = level.view(b, 1, 1, 1)
     s = (1 - g**2).sqrt()
     noisy = g * x0 + s * noise
-    pred = net(torch.cat([sr, noisy], dim=1), level)
+    pred = net(torch.cat([sr, noisy], dim=1) if conditional else noisy, cond)
     target = {"eps": noise, "x0": x0, "v": g * noise - s * x0}[prediction]
     err = pred.float() - target.float()
     return err.abs().mean() if loss_type == "l1" else err.pow(2).mean()
@@ -136,7 +163,7 @@ def training_loss(
 @torch.no_grad()
 def sample(
     net: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    sr: torch.Tensor,
+    sr: Optional[torch.Tensor],
     schedule: Schedule,
     sampler: str = "ancestral",
     residual: bool = False,
@@ -145,19 +172,32 @@ def sample(
     prediction: str = "eps",
     residual_scale: float = 1.0,
     temperature: float = 1.0,
+    discrete: bool = False,
+    shape: Optional[tuple[int, ...]] = None,
+    device: Optional[torch.device] = None,
 ) -> torch.Tensor:
     """Super-resolve: start from noise, denoise through every step of ``schedule`` (clipping x0 to [-1, 1]).
+    ``sr=None`` with ``shape`` (B x C x H x W) and ``device``: unconditional generation.
 
     ``temperature`` scales the starting noise (and the ancestral sampler's fresh noise): 1 draws a sample
     of the learnt posterior; lower values start closer to the mean (which did not raise PSNR on the embedded default)."""
     from tqdm.auto import tqdm
 
+    if sr is None:
+        if shape is None or residual:
+            raise ValueError("unconditional sampling needs a shape and no residual")
+        sr = torch.zeros(shape, device=device)  # only its shape, device and dtype are used
+        conditional = False
+    else:
+        conditional = True
     x = (temperature * torch.randn(sr.shape, generator=generator, device="cpu")).to(sr.device, sr.dtype)
     k = residual_scale
     steps = range(schedule.steps - 1, -1, -1)
     for t in tqdm(steps, desc="sampling", disable=not progress, leave=False):
         level = torch.full((sr.shape[0],), schedule.sqrt_alphas_cumprod_prev[t + 1], dtype=torch.float64)
-        _, x0 = split_prediction(net(torch.cat([sr, x], dim=1), level.float().to(sr.device)), x, level, prediction)
+        cond = torch.full((sr.shape[0],), float(schedule.timesteps[t])) if discrete else level.float()
+        out = net(torch.cat([sr, x], dim=1) if conditional else x, cond.to(sr.device))
+        _, x0 = split_prediction(out, x, level, prediction)
         ac = schedule.alphas_cumprod[t]
         x0 = ((x0 / k + sr).clamp(-1, 1) - sr) * k if residual else x0.clamp(-1, 1)
         if sampler == "ddim":

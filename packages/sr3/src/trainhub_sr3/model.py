@@ -1,12 +1,16 @@
 """The SR3 UNet, top to bottom.
 
 A UNet conditioned on the bicubic-upsampled low-resolution image (concatenated with the noisy
-high-resolution image: 6 input channels) and on a continuous noise level sqrt(gamma), embedded
-with a WaveGrad-style sinusoidal encoding and an MLP and added to every residual block's features.
+high-resolution image: 6 input channels; 3 for unconditional generation) and on a continuous noise
+level sqrt(gamma), embedded with a WaveGrad-style sinusoidal encoding and an MLP and added to every
+residual block's features.
 
 Module names and shapes follow the widely used public SR3 implementation
 (Janspiry/Image-Super-Resolution-via-Iterative-Refinement, ``sr3_modules/unet.py``), so its
-``*_gen.pth`` weights load without renaming (see :mod:`trainhub_sr3.compat`).
+``*_gen.pth`` weights load without renaming (see :mod:`trainhub_sr3.compat`). ``network="ddpm"`` is that
+repository's other UNet (``ddpm_modules/unet.py``): it embeds the integer timestep instead of the noise
+level and applies a Swish to the embedding before each block's projection, which is the same as one more
+Swish at the end of the embedding MLP (the embedding is shared by every block); compat renames its keys.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from torch import nn
 
 
 NOISE_ENCODINGS = ("sqrt_gamma", "log_snr")
+NETWORKS = ("sr3", "ddpm")
 
 
 def log_snr(level: torch.Tensor) -> torch.Tensor:
@@ -37,17 +42,23 @@ class NoiseLevelEncoding(nn.Module):
     1 rad per unit, every level above 0.99 -- where a low-amplitude target (a residual, or fine detail) is
     decided -- encodes to within 1% of every other, and a small network learns to ignore it.
     ``log_snr``: the encoded value is ``log_snr_scale * log(gamma / (1 - gamma))``, which spreads those
-    levels apart (log-SNR 4.6 at level 0.995, 13.8 at 0.9999995)."""
+    levels apart (log-SNR 4.6 at level 0.995, 13.8 at 0.9999995).
+    ``timestep`` (the ddpm network's): the encoded value is the integer timestep, with the frequencies
+    computed as that network computes them in float32 (at t ~ 2000 an ulp of a frequency moves the angle by 1e-4)."""
 
     def __init__(self, dim: int, kind: str = "sqrt_gamma", log_snr_scale: float = 4.0) -> None:
         super().__init__()
-        if kind not in NOISE_ENCODINGS:
+        if kind not in (*NOISE_ENCODINGS, "timestep"):
             raise ValueError(f"unknown noise level encoding {kind!r}; allowed: {', '.join(NOISE_ENCODINGS)}")
         self.dim, self.kind, self.log_snr_scale = dim, kind, log_snr_scale
 
     def forward(self, level: torch.Tensor) -> torch.Tensor:
         half = self.dim // 2
         level = level.reshape(-1)
+        if self.kind == "timestep":
+            freqs = torch.exp(torch.arange(0, self.dim, 2, dtype=torch.float32, device=level.device) * (-math.log(10000) / self.dim))
+            angles = level.float()[:, None] * freqs[None]
+            return torch.cat([angles.sin(), angles.cos()], dim=-1)
         value = level if self.kind == "sqrt_gamma" else self.log_snr_scale * log_snr(level)
         freqs = torch.exp(-math.log(1e4) * torch.arange(half, dtype=value.dtype, device=value.device) / half)
         angles = value.reshape(-1, 1) * freqs[None]
@@ -154,8 +165,9 @@ class Upsample(nn.Module):
 
 
 class SR3UNet(nn.Module):
-    """``forward(x, noise_level)``: x is ``cat([upsampled LR, noisy HR])`` (B x in_channel x H x W),
-    noise_level is sqrt(gamma) per sample (B or B x 1); returns the predicted noise (B x out_channel x H x W)."""
+    """``forward(x, noise_level)``: x is ``cat([upsampled LR, noisy HR])`` (B x in_channel x H x W; the noisy image
+    alone when unconditional), noise_level is sqrt(gamma) per sample (B or B x 1; the timestep for ``network="ddpm"``);
+    returns the prediction (B x out_channel x H x W)."""
 
     def __init__(
         self,
@@ -169,11 +181,16 @@ class SR3UNet(nn.Module):
         dropout: float = 0.0,
         image_size: int = 128,
         noise_encoding: str = "sqrt_gamma",
+        network: str = "sr3",
     ) -> None:
         super().__init__()
+        if network not in NETWORKS:
+            raise ValueError(f"unknown network {network!r}; allowed: {', '.join(NETWORKS)}")
         emb = inner_channel
+        ddpm = network == "ddpm"
         self.noise_level_mlp = nn.Sequential(
-            NoiseLevelEncoding(inner_channel, noise_encoding), nn.Linear(inner_channel, inner_channel * 4), Swish(), nn.Linear(inner_channel * 4, inner_channel)
+            NoiseLevelEncoding(inner_channel, "timestep" if ddpm else noise_encoding), nn.Linear(inner_channel, inner_channel * 4),
+            Swish(), nn.Linear(inner_channel * 4, inner_channel), *([Swish()] if ddpm else []),
         )
         ch, res = inner_channel, image_size
         skips = [ch]

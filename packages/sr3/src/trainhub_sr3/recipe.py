@@ -2,8 +2,9 @@
 
     trainhub run sr3                                   embedded default: photos from scikit-image, 8 -> 32
     trainhub run sr3 --config sr_sr3_16_128.json       the reference's JSON config, mapped onto this schema
-    trainhub prepare sr3 --path photos/ --out data/ --sizes 16,128
+    trainhub prepare sr3 --path photos/ --out data/ --sizes 16,128 [--lmdb]
     trainhub sample sr3 --checkpoint runs/sr3/NAME --input low_res.png --steps 100
+    trainhub sr3 import-reference --checkpoint I640000_E37 --config sr_sr3_16_128.json --out runs/sr3/reference
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ from pydantic import Field
 from torch import nn
 from torch.utils.data import Dataset
 
-from trainhub import EvalContext, Recipe, RunConfig, Section, StepContext, TrainConfig, UserError
+from trainhub import EvalContext, ForeignResume, Recipe, RunConfig, Section, StepContext, TrainConfig, UserError
 from trainhub.media import make_grid
 
 from trainhub_sr3 import compat
 from trainhub_sr3.data import EmbeddedPhotos, HRFolder, PairedFolder, bicubic_sr, list_images, open_image, prepare, to_tensor
-from trainhub_sr3.diffusion import SCHEDULES, Schedule, make_betas, respace, sample, training_loss
+from trainhub_sr3.diffusion import SCHEDULES, Schedule, make_betas, sample, training_loss
+from trainhub_sr3.lmdb_store import LMDBPairs, is_lmdb
 from trainhub_sr3.metrics import psnr, ssim
 
 
@@ -57,6 +59,13 @@ class BetaSchedules(Section):
 
 class SR3Model(Section):
     name: str = Field("sr3-unet", description="a registered model name")
+    network: Literal["sr3", "ddpm"] = Field("sr3", description="sr3: the UNet embeds the continuous noise level and training "
+                                            "draws it between two steps; ddpm: it embeds the integer timestep (training draws "
+                                            "whole steps). The reference's which_model_G; its weights need the one they have")
+    conditional: bool = Field(True, description="super-resolution (the UNet also sees the upsampled LR image); false: "
+                              "unconditional generation of image_size images (in_channel = out_channel)")
+    reference_config: Optional[str] = Field(None, description="the reference JSON this config was read from (set by --config "
+                                            "FILE.json); reference weights take their norm_groups from it, else 32")
     unet: UNetConfig = UNetConfig()
     beta_schedule: BetaSchedules = BetaSchedules()
     eval_steps: int = Field(100, ge=1, description="sampling steps for eval and inference (respaced)")
@@ -73,9 +82,13 @@ class SR3Model(Section):
 
 
 class SR3Data(Section):
-    source: Literal["embedded", "paired", "folder"] = Field("embedded", description="embedded photos, prepared pairs, or any image folder")
-    root: Optional[str] = Field(None, description="paired: folder with hr_<R>/ sr_<r>_<R>/ lr_<r>/; folder: HR images")
-    val_root: Optional[str] = Field(None, description="validation folder (same layout); default: a split of the embedded photos or none")
+    source: Literal["embedded", "paired", "lmdb", "folder"] = Field(
+        "embedded", description="embedded photos, prepared pairs (folders or the reference's LMDB), or any image folder")
+    root: Optional[str] = Field(None, description="paired: folder with hr_<R>/ sr_<r>_<R>/ lr_<r>/; lmdb: the LMDB folder "
+                                "(data.mdb); folder: HR images")
+    val_root: Optional[str] = Field(None, description="validation data; default: a split of the embedded photos or none")
+    val_source: Optional[Literal["paired", "lmdb", "folder"]] = Field(
+        None, description="layout of val_root; default: lmdb if it holds data.mdb, paired if it holds hr_<R>/, else folder")
     l_resolution: int = Field(8, ge=2)
     r_resolution: int = Field(32, ge=4)
     flips: bool = True
@@ -98,6 +111,23 @@ def _first(data: Dataset, n: int) -> Dataset:
     return torch.utils.data.Subset(data, range(n)) if 0 < n < len(data) else data  # type: ignore[arg-type]
 
 
+def check_model_config(m: SR3Model) -> None:
+    """Combinations the UNet or the diffusion cannot run, as one-line errors naming the keys."""
+    u = m.unet
+    if m.conditional and u.in_channel != 2 * u.out_channel:
+        raise UserError(f"model.unet.in_channel={u.in_channel} must be 2 x out_channel={u.out_channel} (LR image + noisy HR); "
+                        "model.conditional=false generates without an LR image")
+    if not m.conditional and u.in_channel != u.out_channel:
+        raise UserError(f"model.conditional=false: model.unet.in_channel={u.in_channel} must equal out_channel={u.out_channel}")
+    if not m.conditional and m.residual:
+        raise UserError("model.residual=true needs model.conditional=true (the residual is taken from the upsampled LR image)")
+    if m.network == "ddpm" and u.noise_encoding != "sqrt_gamma":
+        raise UserError(f"model.network=ddpm embeds the timestep itself: set model.unet.noise_encoding=sqrt_gamma "
+                        f"(got {u.noise_encoding}, which is for network sr3)")
+    if any(u.inner_channel * k % u.norm_groups for k in u.channel_multiplier):
+        raise UserError(f"model.unet.norm_groups={u.norm_groups} must divide inner_channel x every channel_multiplier")
+
+
 def build_unet(cfg: SR3Model) -> nn.Module:
     from trainhub.plugins import get_plugins
 
@@ -105,7 +135,7 @@ def build_unet(cfg: SR3Model) -> nn.Module:
     return get_plugins().model(cfg.name)(
         in_channel=u.in_channel, out_channel=u.out_channel, inner_channel=u.inner_channel, norm_groups=u.norm_groups,
         channel_multiplier=u.channel_multiplier, attn_res=u.attn_res, res_blocks=u.res_blocks, dropout=u.dropout,
-        image_size=u.image_size, noise_encoding=u.noise_encoding,
+        image_size=u.image_size, noise_encoding=u.noise_encoding, network=cfg.network,
     )
 
 
@@ -116,7 +146,25 @@ def schedules(cfg: SR3Model, eval_steps: Optional[int] = None) -> tuple[Schedule
     v = cfg.beta_schedule.val
     if v is not None and eval_steps is None:
         return train, Schedule(make_betas(v.schedule, v.n_timestep, v.linear_start, v.linear_end))
-    return train, Schedule(respace(train.betas, eval_steps or cfg.eval_steps))
+    return train, Schedule.respaced(train.betas, eval_steps or cfg.eval_steps)
+
+
+def _sizes(text: str) -> tuple[int, int]:
+    try:
+        lo, hi = (int(x) for x in text.split(","))
+    except ValueError:
+        raise UserError(f"--sizes {text!r}: expected two integers like 16,128") from None
+    if lo < 1 or hi % lo:
+        raise UserError(f"--sizes {text}: the HR size must be a multiple of the LR size")
+    return lo, hi
+
+
+def generate(net: nn.Module, m: SR3Model, sched: Schedule, n: int, sampler: str, generator: torch.Generator,
+             temperature: float, device: torch.device, progress: bool = False) -> torch.Tensor:
+    """``n`` unconditional samples of ``image_size`` (out_channel x image_size x image_size)."""
+    size = m.unet.image_size
+    return sample(net, None, sched, sampler, generator=generator, progress=progress, prediction=m.prediction,
+                  temperature=temperature, discrete=m.network == "ddpm", shape=(n, m.unet.out_channel, size, size), device=device)
 
 
 class SR3Recipe(Recipe):
@@ -125,51 +173,53 @@ class SR3Recipe(Recipe):
     config_class = SR3Config
 
     def build_models(self, config: SR3Config) -> dict[str, nn.Module]:
-        u = config.model.unet
-        if u.in_channel != 2 * u.out_channel:
-            raise UserError(f"model.unet.in_channel={u.in_channel} must be 2 x out_channel={u.out_channel} (LR image + noisy HR)")
-        if any(u.inner_channel * m % u.norm_groups for m in u.channel_multiplier):
-            raise UserError(f"model.unet.norm_groups={u.norm_groups} must divide inner_channel x every channel_multiplier")
+        check_model_config(config.model)
+        self._model_config = config.model  # load_foreign checks reference weights against it
         return {"model": build_unet(config.model)}
 
     def build_data(self, config: SR3Config) -> tuple[Dataset, Optional[Dataset]]:
+        """(train, val). Unconditional generation evaluates by generating, so it reads no validation data."""
         d = config.data
         if d.r_resolution % d.l_resolution:
             raise UserError(f"data.r_resolution={d.r_resolution} must be a multiple of data.l_resolution={d.l_resolution}")
         if d.source == "embedded":
-            return (EmbeddedPhotos(d.l_resolution, d.r_resolution, "train", flips=d.flips),
-                    _first(EmbeddedPhotos(d.l_resolution, d.r_resolution, "val"), d.val_len))
+            val = _first(EmbeddedPhotos(d.l_resolution, d.r_resolution, "val"), d.val_len) if config.model.conditional else None
+            return EmbeddedPhotos(d.l_resolution, d.r_resolution, "train", flips=d.flips), val
         if not d.root:
             raise UserError(f"data.source={d.source} needs data.root (a folder)")
-        root = Path(d.root)
+        train = self._dataset(d, d.source, Path(d.root), "data.root", train=True)
+        if not d.val_root or not config.model.conditional:
+            return train, None
+        vroot = Path(d.val_root)
+        kind = d.val_source or ("lmdb" if is_lmdb(vroot) else "paired" if (vroot / f"hr_{d.r_resolution}").is_dir() else "folder")
+        return train, _first(self._dataset(d, kind, vroot, "data.val_root", train=False), d.val_len)
+
+    @staticmethod
+    def _dataset(d: SR3Data, kind: str, root: Path, key: str, train: bool) -> Dataset:
         if not root.is_dir():
-            raise UserError(f"data.root={root} is not a folder")
-        if d.source == "paired":
-            train: Dataset = PairedFolder(root, d.l_resolution, d.r_resolution, d.flips, d.on_error, d.train_len)
-        else:
-            train = HRFolder(root, d.l_resolution, d.r_resolution, True, d.flips, d.on_error, d.train_len)
-        val = None
-        if d.val_root:
-            vroot = Path(d.val_root)
-            if not vroot.is_dir():
-                raise UserError(f"data.val_root={vroot} is not a folder")
-            paired = (vroot / f"hr_{d.r_resolution}").is_dir()
-            val = (PairedFolder(vroot, d.l_resolution, d.r_resolution, False, d.on_error) if paired
-                   else HRFolder(vroot, d.l_resolution, d.r_resolution, False, False, d.on_error))
-        return train, None if val is None else _first(val, d.val_len)
+            raise UserError(f"{key}={root} is not a folder")
+        flips = d.flips and train
+        limit = d.train_len if train else -1
+        if kind == "paired":
+            return PairedFolder(root, d.l_resolution, d.r_resolution, flips, d.on_error, limit)
+        if kind == "lmdb":
+            return LMDBPairs(root, d.l_resolution, d.r_resolution, flips, limit)
+        return HRFolder(root, d.l_resolution, d.r_resolution, train, flips, d.on_error, limit)
 
     def train_step(self, batch: dict[str, torch.Tensor], ctx: StepContext) -> dict[str, torch.Tensor]:
         if not hasattr(self, "_train_schedule"):
             self._train_schedule, _ = schedules(ctx.config.model)
         m = ctx.config.model
         loss = training_loss(ctx.models["model"], batch["hr"], batch["sr"], self._train_schedule, m.loss, m.residual, m.prediction,
-                             m.residual_scale)
+                             m.residual_scale, discrete=m.network == "ddpm", conditional=m.conditional)
         return {"loss": loss}
 
     def evaluate(self, ctx: EvalContext) -> dict[str, float]:
         m = ctx.config.model
         _, sched = schedules(m)
         net = ctx.models["model"]
+        if not m.conditional:
+            return self._generate_grid(ctx, sched)
         scores: dict[str, list[torch.Tensor]] = {"psnr": [], "ssim": [], "psnr_bicubic": [], "ssim_bicubic": []}
         shown: list[torch.Tensor] = []
         g = torch.Generator().manual_seed(0)  # the same starting noise at every eval: scores follow the model only
@@ -177,7 +227,7 @@ class SR3Recipe(Recipe):
             hr, sr = batch["hr"].to(ctx.device), batch["sr"].to(ctx.device)
             with ctx.autocast():
                 out = sample(net, sr, sched, m.sampler, m.residual, generator=g, prediction=m.prediction,
-                             residual_scale=m.residual_scale, temperature=m.temperature)
+                             residual_scale=m.residual_scale, temperature=m.temperature, discrete=m.network == "ddpm")
             scores["psnr"].append(psnr(out, hr))
             scores["ssim"].append(ssim(out, hr))
             scores["psnr_bicubic"].append(psnr(sr, hr))
@@ -194,6 +244,16 @@ class SR3Recipe(Recipe):
         out["psnr_gain"] = out["psnr"] - out["psnr_bicubic"]
         return out
 
+    def _generate_grid(self, ctx: EvalContext, sched: Schedule) -> dict[str, float]:
+        """Unconditional generation has no target to score: eval writes a grid of ``data.val_len`` images (8 when -1)."""
+        m, d = ctx.config.model, ctx.config.data
+        n = d.val_len if d.val_len > 0 else 8
+        g = torch.Generator().manual_seed(0)
+        with ctx.autocast():
+            out = generate(ctx.models["model"], m, sched, n, m.sampler, g, m.temperature, ctx.device)
+        ctx.media.image("samples", make_grid(out.cpu(), nrow=min(n, 8)), caption=f"{n} generated images")
+        return {}
+
     def noise_schedule(self, models: dict[str, nn.Module]) -> Optional[dict[str, torch.Tensor]]:
         if not hasattr(self, "_train_schedule"):
             return None
@@ -203,15 +263,32 @@ class SR3Recipe(Recipe):
     def map_config(self, raw: dict[str, Any], path: Path) -> dict[str, Any]:
         return compat.map_config(raw, path)
 
-    def load_foreign(self, path: str, models: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer]) -> Optional[int]:
-        """``--resume .../I640000_E37``: the reference's checkpoint prefix; continues from its iteration."""
+    def load_foreign(self, path: str, models: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer]) -> Optional[ForeignResume]:
+        """``--resume .../I640000_E37`` (or its ``_gen.pth``): the reference's checkpoint, checked against this run's
+        model config (:func:`compat.check_reference`); continues from its iteration with its Adam moments."""
         prefix = compat.resolve_prefix(path)
         if prefix is None:
             return None
-        it, _ = compat.load_resume(prefix, models["model"], optimizers.get("model"))
-        return it
+        opt = optimizers.get("model")
+        it, _ = compat.load_resume(prefix, models["model"], opt, self._model_config)
+        restored = ["weights"] + (["optimizer"] if Path(f"{prefix}_opt.pth").is_file() and opt is not None else []) + ["step"]
+        if opt is not None and (isinstance(opt, torch.optim.AdamW) or opt.param_groups[0].get("weight_decay", 0)):
+            import sys
+
+            print(f"trainhub-sr3: note: the reference trains with Adam without weight decay; this run continues with "
+                  f"{type(opt).__name__} weight_decay={opt.param_groups[0].get('weight_decay', 0)} (its JSON config sets "
+                  "train.optimizer=adam train.weight_decay=0)", file=sys.stderr)
+        return ForeignResume(it, restored=tuple(restored))
 
     # ---- commands ----
+    def command(self, args: list[str]) -> None:
+        from trainhub_sr3.importer import import_reference
+
+        tools = {"import-reference": lambda argv: import_reference(self, argv)}
+        if not args or args[0] not in tools:
+            raise UserError(f"usage: trainhub sr3 {{{','.join(tools)}}} ... (see trainhub sr3 TOOL --help)")
+        tools[args[0]](args[1:])
+
     def prepare(self, args: list[str]) -> None:
         p = argparse.ArgumentParser(prog="trainhub prepare sr3", description="Write hr_<R>/, lr_<r>/ and sr_<r>_<R>/ "
                                     "(bicubic, centre crop) from a folder of images, as the reference's prepare script.")
@@ -219,37 +296,55 @@ class SR3Recipe(Recipe):
         p.add_argument("--out", required=True, help="output folder")
         p.add_argument("--sizes", default="16,128", help="LR,HR resolutions (default 16,128)")
         p.add_argument("--on-error", choices=("skip", "stop"), default="skip")
+        p.add_argument("--lmdb", action="store_true", help="write one LMDB database at --out (the reference's datatype: lmdb) "
+                       "instead of folders; a second run continues an interrupted one")
         a = p.parse_args(args)
-        try:
-            lo, hi = (int(x) for x in a.sizes.split(","))
-        except ValueError:
-            raise UserError(f"--sizes {a.sizes!r}: expected two integers like 16,128") from None
-        n = prepare(Path(a.path), Path(a.out), lo, hi, a.on_error)
-        print(f"prepared {n} images into {a.out}")
+        lo, hi = _sizes(a.sizes)
+        n = prepare(Path(a.path), Path(a.out), lo, hi, a.on_error, lmdb=a.lmdb)
+        print(f"prepared {n} images into {a.out}" + (" (LMDB)" if a.lmdb else ""))
 
     def add_sample_arguments(self, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--input", required=True, help="a low-resolution image or a folder of them")
-        parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: model.eval_steps)")
+        parser.add_argument("--input", help="a low-resolution image or a folder of them (super-resolution)")
+        parser.add_argument("--num", type=int, default=4, help="unconditional models: images to generate (default 4)")
+        parser.add_argument("--steps", type=int, default=None, help="respace the train schedule to this many steps (default: "
+                            "the val schedule when model.beta_schedule.val is set, else the train schedule at model.eval_steps)")
         parser.add_argument("--seed", type=int, default=0)
         parser.add_argument("--sampler", choices=("ancestral", "ddim"), default=None)
         parser.add_argument("--temperature", type=float, default=None, help="starting-noise scale (default: model.temperature)")
 
     def sample(self, models: dict[str, nn.Module], config: SR3Config, args: argparse.Namespace, out_dir: Path) -> None:
+        import sys
+
         from trainhub.media import save_png, to_uint8_image
 
-        src = Path(args.input)
-        paths = list_images(src) if src.is_dir() else [src]
-        if not paths or not paths[0].exists():
-            raise UserError(f"--input {src}: no images found")
         m = config.model
         if args.temperature is not None and not 0.0 <= args.temperature <= 1.0:
             raise UserError(f"--temperature {args.temperature}: must be between 0 and 1")
         if args.steps is not None and args.steps < 1:
             raise UserError(f"--steps {args.steps}: must be at least 1")
-        _, sched = schedules(m, args.steps or m.eval_steps)
-        scale = config.data.r_resolution // config.data.l_resolution
+        _, sched = schedules(m, args.steps)
+        which = ("the train schedule respaced to --steps" if args.steps else "the val schedule" if m.beta_schedule.val is not None
+                 else "the train schedule respaced to model.eval_steps")
+        print(f"trainhub-sr3: sampling {sched.steps} steps ({which})", file=sys.stderr)
         net = models["model"]
         g = torch.Generator().manual_seed(args.seed)
+        sampler = args.sampler or m.sampler
+        temperature = m.temperature if args.temperature is None else args.temperature
+        if not m.conditional:
+            if args.num < 1:
+                raise UserError(f"--num {args.num}: must be at least 1")
+            out = generate(net, m, sched, args.num, sampler, g, temperature, args.device, progress=True)
+            for i, img in enumerate(out):
+                save_png(out_dir / f"sample_{i:03d}.png", to_uint8_image(img))
+            print(f"{args.num} images ({m.unet.image_size}x{m.unet.image_size}) -> {out_dir}")
+            return
+        if not args.input:
+            raise UserError("--input is required: a low-resolution image or a folder of them (this model super-resolves)")
+        src = Path(args.input)
+        paths = list_images(src) if src.is_dir() else [src]
+        if not paths or not paths[0].exists():
+            raise UserError(f"--input {src}: no images found")
+        scale = config.data.r_resolution // config.data.l_resolution
         for p in paths:
             img = open_image(p)
             if img is None:
@@ -258,8 +353,8 @@ class SR3Recipe(Recipe):
             lr = to_tensor(img)[None].to(args.device)
             h, w = lr.shape[-2] * scale, lr.shape[-1] * scale
             sr = torch.nn.functional.interpolate(lr, size=(h, w), mode="bicubic", align_corners=False).clamp(-1, 1)
-            out = sample(net, sr, sched, args.sampler or m.sampler, m.residual, generator=g, progress=True, prediction=m.prediction,
-                         residual_scale=m.residual_scale, temperature=m.temperature if args.temperature is None else args.temperature)
+            out = sample(net, sr, sched, sampler, m.residual, generator=g, progress=True, prediction=m.prediction,
+                         residual_scale=m.residual_scale, temperature=temperature, discrete=m.network == "ddpm")
             save_png(out_dir / f"{p.stem}_sr.png", to_uint8_image(out[0]))
             print(f"{p} -> {out_dir / (p.stem + '_sr.png')} ({w}x{h})")
 
