@@ -30,6 +30,12 @@ def photos(folder, n=3, size=(40, 48), seed=0):
     return folder
 
 
+@pytest.fixture(name="photos")
+def photos_fixture():
+    """``photos(folder, n=3, size=(w, h), seed=0)``: random RGB images written into ``folder``."""
+    return photos
+
+
 @pytest.fixture
 def prepared(tmp_path):
     """``prepared(kind, l_res, r_res, n=2)``: a dataset prepared by ``trainhub prepare sr3`` in tmp_path (``img``

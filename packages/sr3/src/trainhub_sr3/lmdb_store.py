@@ -20,7 +20,7 @@ import os
 import random
 import warnings
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from PIL import Image
@@ -45,12 +45,31 @@ def is_lmdb(path: Path) -> bool:
     return (path / "data.mdb").is_file()
 
 
-def _open(path: Path, readonly: bool = True, map_size: int = 1 << 30):  # type: ignore[no-untyped-def]
+_READERS: dict[tuple[str, int], Any] = {}  # one read-only handle per database and process: lmdb refuses a second
+
+
+def _reader(path: Path):  # type: ignore[no-untyped-def]
+    """The process's read-only handle on ``path`` (loader workers each open their own)."""
     import lmdb
 
+    key = (str(path.resolve()), os.getpid())
+    if key not in _READERS:
+        for other in [k for k in _READERS if k[0] == key[0]]:  # inherited through fork: lmdb counts it as open here
+            _READERS.pop(other).close()
+        try:
+            _READERS[key] = lmdb.open(str(path), readonly=True, lock=False, readahead=False, meminit=False)
+        except lmdb.Error as exc:
+            raise UserError(f"{path}: not an LMDB database ({exc})") from None
+    return _READERS[key]
+
+
+def _writer(path: Path, map_size: int = 1 << 30):  # type: ignore[no-untyped-def]
+    import lmdb
+
+    old = _READERS.pop((str(path.resolve()), os.getpid()), None)
+    if old is not None:
+        old.close()
     try:
-        if readonly:
-            return lmdb.open(str(path), readonly=True, lock=False, readahead=False, meminit=False)
         return lmdb.open(str(path), map_size=map_size, readahead=False, meminit=False)
     except lmdb.Error as exc:
         raise UserError(f"{path}: not an LMDB database ({exc})") from None
@@ -88,22 +107,18 @@ class LMDBPairs(Dataset):
         if not is_lmdb(root):
             raise UserError(f"{root}: not an LMDB database (no data.mdb; `trainhub prepare sr3 --lmdb` writes one)")
         self.root, self.l_res, self.r_res, self.flips = root, l_res, r_res, flips
-        env = _open(root)
-        try:
-            with env.begin() as txn:
-                raw = txn.get(b"length")
-                if raw is None or not raw.strip().isdigit():
-                    raise UserError(f"{root}: the LMDB has no 'length' key (the reference's prepare script writes one)")
-                length = int(raw)
-                k = keys(l_res, r_res, 0)
-                hr = _indices(txn, k["hr"][:-5])
-                sr = _indices(txn, k["sr"][:-5])
-                self.has_lr = bool(_indices(txn, k["lr"][:-5]))
-                if not hr or not sr:
-                    raise UserError(f"{root}: the LMDB has no {k['hr'][:-5].decode()}*/{k['sr'][:-5].decode()}* images "
-                                    f"(it holds {', '.join(_resolutions(txn)) or 'none'}): set data.l_resolution/r_resolution")
-        finally:
-            env.close()
+        with _reader(root).begin() as txn:
+            raw = txn.get(b"length")
+            if raw is None or not raw.strip().isdigit():
+                raise UserError(f"{root}: the LMDB has no 'length' key (the reference's prepare script writes one)")
+            length = int(raw)
+            k = keys(l_res, r_res, 0)
+            hr = _indices(txn, k["hr"][:-5])
+            sr = _indices(txn, k["sr"][:-5])
+            self.has_lr = bool(_indices(txn, k["lr"][:-5]))
+            if not hr or not sr:
+                raise UserError(f"{root}: the LMDB has no {k['hr'][:-5].decode()}*/{k['sr'][:-5].decode()}* images "
+                                f"(it holds {', '.join(_resolutions(txn)) or 'none'}): set data.l_resolution/r_resolution")
         wanted = range(length if limit <= 0 else min(limit, length))
         self.indices = [i for i in wanted if i in hr and i in sr]
         if len(self.indices) < len(wanted):
@@ -111,19 +126,9 @@ class LMDBPairs(Dataset):
                           "and are skipped", stacklevel=2)
         if not self.indices:
             raise UserError(f"{root}: none of indices 0..{length - 1} ('length' {length}) has an hr/sr pair")
-        self._env = None
-        self._pid: Optional[int] = None
 
     def __len__(self) -> int:
         return len(self.indices)
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_env": None, "_pid": None}  # each loader worker opens its own handle
-
-    def _txn(self):  # type: ignore[no-untyped-def]
-        if self._env is None or self._pid != os.getpid():
-            self._env, self._pid = _open(self.root), os.getpid()
-        return self._env.begin()
 
     def _decode(self, data: Optional[bytes], key: bytes, size: int) -> Image.Image:
         if data is None:
@@ -141,7 +146,7 @@ class LMDBPairs(Dataset):
         from trainhub_sr3.data import resize, to_tensor
 
         k = keys(self.l_res, self.r_res, self.indices[i])
-        with self._txn() as txn:
+        with _reader(self.root).begin() as txn:
             hr = self._decode(txn.get(k["hr"]), k["hr"], self.r_res)
             sr = self._decode(txn.get(k["sr"]), k["sr"], self.r_res)
             lr_bytes = txn.get(k["lr"]) if self.has_lr else None
@@ -160,7 +165,7 @@ class LMDBWriter:
     def __init__(self, out: Path, l_res: int, r_res: int, batch: int = 64) -> None:
         out.mkdir(parents=True, exist_ok=True)
         self.out, self.l_res, self.r_res, self.batch = out, l_res, r_res, batch
-        self.env = _open(out, readonly=False)
+        self.env = _writer(out)
         with self.env.begin() as txn:
             raw = txn.get(b"length")
         self.length = int(raw) if raw is not None and raw.strip().isdigit() else 0
