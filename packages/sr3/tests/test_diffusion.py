@@ -111,3 +111,53 @@ def test_temperature_scales_the_starting_noise():
     sample(spy, torch.zeros(1, 3, 16, 16), sched, "ddim", generator=torch.Generator().manual_seed(0), temperature=0.5)
     ref = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(starts[0], 0.5 * ref)
+
+
+def test_discrete_training_gives_the_network_one_timestep_per_sample():
+    """The reference's ddpm diffusion: t ~ U{0..T-1} per sample, x_t = sqrt(ac[t]) x0 + sqrt(1 - ac[t]) eps, and the
+    network sees t; an oracle that inverts that formula from t alone has zero loss."""
+    sched = Schedule(make_betas("linear", 50, 1e-4, 0.05))
+    ac = np.cumprod(1 - make_betas("linear", 50, 1e-4, 0.05))
+    hr = torch.rand(64, 3, 4, 4) * 2 - 1
+    seen = []
+
+    def oracle(x, t):
+        seen.append(t.clone())
+        a = torch.from_numpy(ac)[t.long()].view(-1, 1, 1, 1)
+        return ((x[:, 3:].double() - a.sqrt() * hr.double()) / (1 - a).sqrt()).float()
+
+    torch.manual_seed(0)
+    assert training_loss(oracle, hr, torch.zeros_like(hr), sched, "l2", discrete=True).item() < 1e-8
+    t = seen[0]
+    assert torch.equal(t, t.round()) and 0 <= t.min() and t.max() <= 49 and len(t.unique()) > 10
+
+
+def test_discrete_sampling_feeds_the_timesteps_the_network_was_trained_on():
+    """Respaced to 5 of 100 steps, a ddpm network is called with the kept steps' original indices."""
+    from trainhub_sr3.diffusion import respaced_steps
+
+    seen = []
+
+    def spy(x, t):
+        seen.append(t[0].item())
+        return torch.zeros_like(x[:, 3:])
+
+    sched = Schedule.respaced(make_betas("linear", 100, 1e-4, 0.05), 5)
+    sample(spy, torch.zeros(1, 3, 4, 4), sched, "ancestral", discrete=True)
+    assert seen == [99, 74, 50, 25, 0] == list(np.round(np.linspace(0, 99, 5)).astype(int))[::-1]
+    assert list(respaced_steps(100, 5)) == seen[::-1]
+    kept = [int(s) for s in seen[::-1]]
+    np.testing.assert_allclose(sched.alphas_cumprod, np.cumprod(1 - make_betas("linear", 100, 1e-4, 0.05))[kept], rtol=1e-12)
+
+
+def test_unconditional_training_and_sampling_show_the_network_the_noisy_image_alone():
+    shapes = []
+
+    def spy(x, level):
+        shapes.append(tuple(x.shape))
+        return torch.zeros_like(x)
+
+    sched = Schedule(make_betas("linear", 10, 1e-4, 0.05))
+    training_loss(spy, torch.zeros(2, 3, 8, 8), torch.zeros(2, 3, 8, 8), sched, conditional=False)
+    out = sample(spy, None, sched, "ancestral", shape=(4, 3, 8, 8), device=torch.device("cpu"))
+    assert out.shape == (4, 3, 8, 8) and set(shapes) == {(2, 3, 8, 8), (4, 3, 8, 8)}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
 from trainhub_sr3 import compat
 from trainhub_sr3.diffusion import Schedule, make_betas
@@ -115,3 +116,50 @@ def _fit_level_detector(encoding: str, steps: int = 60) -> float:
 def test_the_unet_can_learn_to_tell_clean_from_slightly_noisy_levels():
     assert _fit_level_detector("log_snr") < 0.05
     assert _fit_level_detector("sqrt_gamma") > 0.15  # what the embedded default had: the level is all but invisible
+
+
+def test_ddpm_timestep_embedding_is_the_published_sinusoid():
+    from trainhub_sr3.model import NoiseLevelEncoding
+
+    t = torch.tensor([0.0, 1.0, 17.0, 999.0, 1999.0])
+    dim = 16
+    freqs = torch.exp(-math.log(10000) * torch.arange(0, dim, 2, dtype=torch.float64) / dim)
+    angles = t.double()[:, None] * freqs[None]
+    want = torch.cat([angles.sin(), angles.cos()], -1).float()
+    torch.testing.assert_close(NoiseLevelEncoding(dim, "timestep")(t), want, rtol=0, atol=3e-4)  # float32 angles up to 2000 rad
+
+
+def test_ddpm_network_projects_a_swish_of_the_time_embedding_in_every_block():
+    """ddpm_modules/unet.py: each ResnetBlock adds Linear(Swish(time_mlp(t))) to block1's output."""
+    torch.manual_seed(0)
+    net = SR3UNet(**SMALL, network="ddpm").eval()
+    t = torch.tensor([3.0, 700.0])
+    mlp = net.noise_level_mlp
+    emb = mlp[3](F.silu(mlp[1](mlp[0](t))))  # time_mlp: TimeEmbedding, Linear, Swish, Linear
+    block = net.downs[1].res_block
+    got = {}
+    block.block1.register_forward_hook(lambda m, i, o: got.__setitem__("h", o))
+    block.noise_func.register_forward_hook(lambda m, i, o: got.__setitem__("out", o))
+    net(torch.randn(2, 6, 32, 32), t)
+    lin = block.noise_func.noise_func[0]
+    want = got["h"] + (F.silu(emb) @ lin.weight.T + lin.bias)[:, :, None, None]
+    torch.testing.assert_close(got["out"], want, rtol=1e-5, atol=1e-5)
+
+
+def test_ddpm_weights_in_the_reference_naming_round_trip(tmp_path):
+    torch.manual_seed(0)
+    ours = SR3UNet(**SMALL, network="ddpm").eval()
+    theirs = compat.to_reference(ours.state_dict(), network="ddpm")
+    for k in ("denoise_fn.time_mlp.0.inv_freq", "denoise_fn.time_mlp.1.weight", "denoise_fn.time_mlp.3.bias",
+              "denoise_fn.downs.1.res_block.mlp.1.weight", "denoise_fn.mid.0.res_block.mlp.1.bias", "denoise_fn.final_conv.block.3.weight"):
+        assert k in theirs, k
+    assert not any("noise_level_mlp" in k or "noise_func" in k for k in theirs)
+    torch.testing.assert_close(theirs["denoise_fn.time_mlp.0.inv_freq"],
+                               torch.exp(torch.arange(0, 16, 2).float() * (-math.log(10000) / 16)))
+    torch.save(theirs, tmp_path / "I1_E1_gen.pth")
+    w = compat.read_gen(tmp_path / "I1_E1_gen.pth")
+    assert w.network == "ddpm"
+    fresh = SR3UNet(**SMALL, network="ddpm").eval()
+    fresh.load_state_dict(w.state, strict=True)
+    x, t = torch.randn(2, 6, 32, 32), torch.tensor([5.0, 60.0])
+    torch.testing.assert_close(fresh(x, t), ours(x, t), rtol=0, atol=0)
