@@ -10,8 +10,9 @@
 from __future__ import annotations
 
 import argparse
+import functools
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Callable, Literal, Optional
 
 import torch
 from pydantic import Field
@@ -106,6 +107,27 @@ class SR3Config(RunConfig):
     )
 
 
+class Deferred(Dataset):
+    """A dataset opened on first use. ``trainhub eval`` builds (train, val) and reads only val, so a run evaluated
+    where its training data is not (an imported reference checkpoint, a copied run) needs only ``data.val_root``;
+    training asks for the length while the trainer is built, so its data errors come at the same point as before."""
+
+    def __init__(self, make: Callable[[], Dataset]) -> None:
+        self.make, self.opened = make, None
+
+    @property
+    def dataset(self) -> Dataset:
+        if self.opened is None:
+            self.opened = self.make()
+        return self.opened
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> Any:
+        return self.dataset[i]
+
+
 def _first(data: Dataset, n: int) -> Dataset:
     """The first ``n`` items of ``data`` (all of them for n <= 0)."""
     return torch.utils.data.Subset(data, range(n)) if 0 < n < len(data) else data  # type: ignore[arg-type]
@@ -185,14 +207,18 @@ class SR3Recipe(Recipe):
         if d.source == "embedded":
             val = _first(EmbeddedPhotos(d.l_resolution, d.r_resolution, "val"), d.val_len) if config.model.conditional else None
             return EmbeddedPhotos(d.l_resolution, d.r_resolution, "train", flips=d.flips), val
-        if not d.root:
-            raise UserError(f"data.source={d.source} needs data.root (a folder)")
-        train = self._dataset(d, d.source, Path(d.root), "data.root", train=True)
+        train = Deferred(functools.partial(SR3Recipe._train_set, d))
         if not d.val_root or not config.model.conditional:
             return train, None
         vroot = Path(d.val_root)
         kind = d.val_source or ("lmdb" if is_lmdb(vroot) else "paired" if (vroot / f"hr_{d.r_resolution}").is_dir() else "folder")
         return train, _first(self._dataset(d, kind, vroot, "data.val_root", train=False), d.val_len)
+
+    @staticmethod
+    def _train_set(d: SR3Data) -> Dataset:
+        if not d.root:
+            raise UserError(f"data.source={d.source} needs data.root (a folder)")
+        return SR3Recipe._dataset(d, d.source, Path(d.root), "data.root", train=True)
 
     @staticmethod
     def _dataset(d: SR3Data, kind: str, root: Path, key: str, train: bool) -> Dataset:
