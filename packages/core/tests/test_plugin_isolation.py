@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from trainhub import hookimpl
+from trainhub.errors import PluginError
 from trainhub.run import train
 
 LIFECYCLE = ["trainhub_run_start", "trainhub_step_end", "trainhub_eval_end",
@@ -86,6 +87,6 @@ def test_stop_mode_fails_the_run_naming_the_plugin_and_tells_the_others(tmp_path
 
     trainhub_register(Broken(), name="uploader")
     trainhub_register(Watcher(), name="watcher")
-    with pytest.raises(RuntimeError, match="plugin 'uploader' failed in trainhub_eval_end: ValueError: cannot upload"):
+    with pytest.raises(PluginError, match="plugin 'uploader' failed in trainhub_eval_end: ValueError: cannot upload"):
         train("tiny", overrides=quiet + ["train.max_steps=4", "train.eval_every=2"], run_dir=tmp_path / "r")
     assert ends == ["failed"]

@@ -141,7 +141,7 @@ def test_failing_hook_names_plugin_and_can_be_disabled(tmp_path, quiet):
     plugins = get_plugins()
     plugins.pm.register(Bad(), name="bad-callback")
     try:
-        with pytest.raises(RuntimeError, match="plugin 'bad-callback' failed in trainhub_step_end: ValueError: boom"):
+        with pytest.raises(PluginError, match="plugin 'bad-callback' failed in trainhub_step_end: ValueError: boom"):
             train("tiny", overrides=quiet + ["train.max_steps=3"], run_dir=tmp_path / "a")
         Bad.calls = 0  # "stop" left the plugin registered; now it gets disabled after one failure
         with pytest.warns(UserWarning, match="'bad-callback' failed in trainhub_step_end and is disabled"):

@@ -140,15 +140,24 @@ def test_nonfinite_steps_are_skipped_and_counted(tmp_path, quiet):
     assert all(torch.isfinite(v).all() for v in w.values())
 
 
-def test_too_many_nonfinite_in_a_row_stops_with_clear_message(tmp_path, quiet):
-    with pytest.raises(TrainingStopped, match=r"3 non-finite steps in a row at step 4 \(train.max_nonfinite=3\).*last good checkpoint: .*checkpoint-4"):
-        train(NaNAt({2, 3, 4, 5}), overrides=quiet + ["train.max_steps=10", "train.max_nonfinite=3", "train.checkpoint_every=2"],
-              run_dir=tmp_path / "r")
-    # skipped steps advance the step counter but never the weights: checkpoint-4 holds step-2 weights
+def test_too_many_nonfinite_in_a_row_stops_naming_the_newest_good_checkpoint(tmp_path, quiet):
+    # steps 3, 4, 5 are non-finite: checkpoint-3 holds the weights step 3 started from, so checkpoint-2 is the
+    # newest good one, and keep_last=2 must not prune it while checkpoint-4 and -5 are written
     root = tmp_path / "r" / "checkpoints"
-    assert ckpt.latest(root).name == "checkpoint-4"
-    a, b = load_file(str(root / "checkpoint-2" / "model.safetensors")), load_file(str(root / "checkpoint-4" / "model.safetensors"))
+    with pytest.raises(TrainingStopped) as e:
+        train(NaNAt({3, 4, 5}), overrides=quiet + ["train.max_steps=10", "train.max_nonfinite=3", "train.checkpoint_every=1",
+                                                  "train.keep_last=2"], run_dir=tmp_path / "r")
+    good = root / "checkpoint-2"
+    assert str(e.value) == (f"3 non-finite steps in a row at step 5 (train.max_nonfinite=3): lower train.lr, check the data, "
+                            f"or use precision bf16/fp32; newest good checkpoint: {good} (checkpoint-4, checkpoint-5 hold the "
+                            f"weights that gave the non-finite steps); continue from it with --resume {good} --run-dir NEW_DIR")
+    assert sorted(p.name for p in root.iterdir()) == ["checkpoint-2", "checkpoint-4", "checkpoint-5"]
+    # skipped steps advance the step counter but never the weights
+    a, b = load_file(str(root / "checkpoint-4" / "model.safetensors")), load_file(str(root / "checkpoint-5" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) and torch.isfinite(a[k]).all() for k in a)
+    res = train("tiny", overrides=quiet + ["train.max_steps=10", "train.checkpoint_every=1", "train.keep_last=2"],
+                run_dir=tmp_path / "new", resume=good)  # the advice, followed
+    assert res.status == "completed" and res.step == 10
 
 
 def test_resume_refuses_a_different_batch_layout(tmp_path, quiet):

@@ -2,13 +2,31 @@
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 import pluggy
 
 hookimpl = pluggy.HookimplMarker("trainhub")
 
-from trainhub.config import EMAConfig, LoaderConfig, RunConfig, Section, TrainConfig  # noqa: E402
 from trainhub.errors import ConfigError, PluginError, TrainingStopped, UserError  # noqa: E402
-from trainhub.recipe import EvalContext, ForeignResume, OptimizerSpec, Recipe, StepContext  # noqa: E402
+
+if TYPE_CHECKING:
+    from trainhub.config import EMAConfig, LoaderConfig, RunConfig, Section, TrainConfig
+    from trainhub.recipe import EvalContext, ForeignResume, OptimizerSpec, Recipe, StepContext
+
+# Imported on first use: ``import trainhub`` stays light (pluggy only), so the ``trainhub`` command installs its
+# Ctrl-C handler before torch's import (3-5 s) instead of after it.
+_LAZY = {**dict.fromkeys(("EMAConfig", "LoaderConfig", "RunConfig", "Section", "TrainConfig"), "trainhub.config"),
+         **dict.fromkeys(("EvalContext", "ForeignResume", "OptimizerSpec", "Recipe", "StepContext"), "trainhub.recipe")}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'trainhub' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value
 
 __version__ = "0.1.0"
 

@@ -11,26 +11,37 @@ Layout of ``checkpoint-<step>/``::
 
 Everything is written into ``checkpoint-<step>.tmp/`` and renamed when complete, so a crash during
 a save leaves the previous checkpoints untouched and never a half-written directory under the final name.
+Nothing non-finite is written (:func:`nonfinite` runs before every save), and every file read back is
+checked: a damaged, truncated or missing file, or one that would need unpickling, is one line naming it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
 import random
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
+from trainhub import storage
 from trainhub.errors import UserError
 
 STATE_FILE = "training_state.json"
+
+
+class NoCheckpoint(UserError):
+    """No trainhub checkpoint at the path (it may be another tool's, for ``Recipe.load_foreign``)."""
+
 _CKPT_RE = re.compile(r"^checkpoint-(?:epoch-)?\d+$")
 
 
@@ -56,12 +67,15 @@ def fsync_dir(path: Path) -> None:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
+    """Write ``path`` under a temporary name, fsync, rename; a full or read-only disk is one line and leaves no
+    ``.tmp`` behind (:func:`trainhub.storage.writing`)."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with storage.writing(path, partial=tmp):
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
 
 
 # ---- RNG state -----------------------------------------------------------------------------------
@@ -103,6 +117,58 @@ def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> Non
     random.setstate((int(meta["python_version"]), tuple(int(v) for v in tensors["python_state"].tolist()), gauss))
 
 
+# ---- finiteness ----------------------------------------------------------------------------------
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+def state_groups(models: dict[str, nn.Module], emas: dict[str, Any],
+                 optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, dict[str, torch.Tensor]]:
+    """What a checkpoint holds, as named tensors per group (``model 'g'``, ``EMA of 'g'``,
+    ``optimizer 'g' state``); sharded tensors as this rank's local shard."""
+    groups: dict[str, dict[str, torch.Tensor]] = {}
+    for name, m in models.items():
+        groups[f"model {name!r}"] = {k: _local(v) for k, v in m.state_dict().items()}
+    for name, ema in emas.items():
+        groups[f"EMA of {name!r}"] = dict(ema.state_dict())
+    for name, o in optimizers.items():
+        groups[f"optimizer {name!r} state"] = {f"param {i} {k}": _local(v) for i, st in enumerate(o.state.values())
+                                               for k, v in st.items() if isinstance(v, torch.Tensor)}
+    return groups
+
+
+@torch.no_grad()
+def nonfinite(groups: dict[str, dict[str, torch.Tensor]]) -> dict[str, str]:
+    """``{group: first tensor holding a NaN or an infinity}`` for the groups that hold one.
+
+    One fused reduction per group and device/dtype (``torch._foreach_norm`` with ord=inf: the largest
+    magnitude, which a NaN or an infinity makes non-finite and which, unlike a 2-norm, does not overflow on
+    large finite values) and one host sync in all. Measured on a DiT-S-sized state (33M parameters: weights,
+    EMA and both AdamW moments, 0.53 GB of fp32) on a loaded 2-core CPU: MEASURED_CPU; writing the same
+    state takes MEASURED_WRITE.
+    """
+    flags: list[torch.Tensor] = []  # one 0-dim "all finite" per group and device/dtype
+    owner: list[str] = []
+    for name, tensors in groups.items():
+        kinds: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
+        for t in tensors.values():
+            if t.is_floating_point() and t.numel():
+                kinds.setdefault((t.device, t.dtype), []).append(t.detach())
+        for ts in kinds.values():
+            flags.append(torch.stack(torch._foreach_norm(ts, math.inf)).isfinite().all())
+            owner.append(name)
+    if not flags:
+        return {}
+    device = flags[0].device
+    finite = torch.stack([f.to(device) for f in flags]).tolist()  # the one host sync
+    bad = sorted({n for n, ok in zip(owner, finite) if not ok}, key=list(groups).index)
+    out = {}
+    for name in bad:  # the failure path only: name the first offending tensor
+        out[name] = next((k for k, t in groups[name].items() if t.is_floating_point() and not bool(t.isfinite().all())), "?")
+    return out
+
+
 # ---- saving --------------------------------------------------------------------------------------
 
 def save_rng(directory: Path, rank: int) -> None:
@@ -139,6 +205,15 @@ def begin(root: Path, name: str) -> Path:
         shutil.rmtree(tmp)
     tmp.mkdir()
     return tmp
+
+
+@contextlib.contextmanager
+def writing(root: Path, name: str) -> Iterator[None]:
+    """Around the writing of checkpoint ``name``: on any failure its temporary directory is removed, and a full
+    disk or a read-only one is a one-line :class:`~trainhub.storage.DiskError`."""
+    tmp = tmp_dir(root, name)
+    with storage.writing(tmp, partial=tmp, note=f"; checkpoint {name} was not written, the earlier ones are intact"):
+        yield
 
 
 def commit(root: Path, name: str) -> Path:
@@ -178,6 +253,46 @@ def latest(root: Path) -> Optional[Path]:
     return cks[-1][1] if cks else None
 
 
+def newest(root: Path) -> Optional[Path]:
+    """:func:`latest`, but a newer ``checkpoint-<step>`` directory whose state cannot be read (a damaged disk:
+    a save never leaves one under its final name) is an error naming it, not silently passed over for an
+    older one. Directories of that name beside no complete trainhub checkpoint are left alone (another
+    tool's layout, for ``Recipe.load_foreign``)."""
+    cks = list_checkpoints(root)
+    if not cks:
+        return None
+    step, found = cks[-1]
+    listed = {p for _, p in cks}
+    for d in sorted(root.iterdir()):
+        m = re.fullmatch(r"checkpoint-(\d+)", d.name)
+        if m and d.is_dir() and d not in listed and int(m.group(1)) > step:
+            read_state(d)  # raises the one-line error naming what is wrong with it
+    return found
+
+
+def newest_before(root: Path, step: int, verify: bool = False) -> Optional[Path]:
+    """The newest complete checkpoint saved before optimizer step ``step``; with ``verify``, the newest whose
+    files also load and hold only finite values (read back in full: for the divergence message, not per save)."""
+    for s, p in reversed(list_checkpoints(root)):
+        if s >= step:
+            continue
+        if not verify or _loads_finite(p):
+            return p
+    return None
+
+
+def _loads_finite(directory: Path) -> bool:
+    try:
+        groups = {f.name: load_file(str(f)) for f in sorted(directory.glob("*.safetensors")) if not f.name.startswith("rng_state")}
+        if (directory / "optimizer.pt").is_file():
+            opt = load_optim_state(directory)
+            groups["optimizer.pt"] = {f"{n} {i} {k}": v for n, o in opt.get("optimizers", {}).items()
+                                      for i, st in o.get("state", {}).items() for k, v in st.items() if isinstance(v, torch.Tensor)}
+    except UserError:
+        return False
+    return not nonfinite(groups)
+
+
 def prune(root: Path, keep_last: int, protect: set[str]) -> None:
     """Delete step checkpoints beyond the newest ``keep_last`` (never the names in ``protect``)."""
     steps = [(s, p) for s, p in list_checkpoints(root) if not p.name.startswith("checkpoint-epoch-")]
@@ -191,11 +306,53 @@ def prune(root: Path, keep_last: int, protect: set[str]) -> None:
 
 # ---- loading -------------------------------------------------------------------------------------
 
+def damaged(f: Path, reason: str) -> UserError:
+    """The one-line error for a checkpoint file that cannot be read, with the way on."""
+    directory = f.parent
+    others = [p for _, p in list_checkpoints(directory.parent) if p != directory]
+    hint = (f"use another checkpoint (the newest other one is {others[-1]}) or delete {directory}" if others
+            else f"no other complete checkpoint is in {directory.parent}")
+    return UserError(f"{f}: {reason}; {hint}")
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if "Weights only load failed" in str(exc):
+        return "it holds objects other than tensors and plain data, which are never unpickled (weights_only load refused it)"
+    if "failed finding central directory" in text or "PytorchStreamReader" in text:
+        return "not a complete torch file (truncated or damaged)"
+    if "header" in text or "Error while deserializing" in text or "incomplete metadata" in text:
+        return f"not a complete safetensors file ({text.split(': ', 1)[-1]})"
+    return text
+
+
 def read_state(directory: Path) -> dict[str, Any]:
     f = directory / STATE_FILE
     if not f.is_file():
-        raise UserError(f"not a complete trainhub checkpoint (no {STATE_FILE}): {directory}")
-    return json.loads(f.read_text())
+        raise damaged(f, "missing: not a complete trainhub checkpoint")
+    try:
+        state = json.loads(f.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise damaged(f, f"not readable as JSON ({e})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        raise damaged(f, "no step recorded in it")
+    return state
+
+
+def check_recipe(directory: Path, recipe: str, hint: str) -> None:
+    """Refuse a checkpoint another recipe wrote, naming that recipe (``hint``: what to run instead, with a
+    ``{recipe}`` placeholder), before its run's config meets this recipe's schema."""
+    saved = read_state(directory).get("recipe")
+    if saved not in (None, recipe):
+        raise UserError(f"{directory} is a checkpoint of recipe {saved!r}, not {recipe!r}; {hint.format(recipe=saved)}")
+
+
+def read_tensors(f: Path) -> dict[str, torch.Tensor]:
+    """A checkpoint's safetensors file; a damaged or truncated one is one line naming it."""
+    try:
+        return load_file(str(f))
+    except Exception as e:  # SafetensorError, OSError
+        raise damaged(f, _reason(e)) from None
 
 
 def load_models(directory: Path, models: dict[str, nn.Module], ema: bool = False, strict: bool = True) -> list[str]:
@@ -218,19 +375,37 @@ def load_models(directory: Path, models: dict[str, nn.Module], ema: bool = False
         if not f.is_file():
             raise UserError(f"checkpoint {directory} has no weights for model {name!r} ({f.name})")
         if f.name.startswith("ema"):
-            sd = load_file(str(f))
+            sd = read_tensors(f)
             missing, unexpected = m.load_state_dict(sd, strict=False)
-            missing = [k for k in missing if k in dict(m.named_parameters())]
+            missing = [k for k in missing if k in dict(m.named_parameters())]  # EMA files skip non-persistent buffers
             if strict and (missing or unexpected):
                 raise UserError(f"{f}: weights do not match model {name!r}: missing {missing[:3]}, unexpected {unexpected[:3]}")
         else:
-            load_model(m, str(f), strict=strict)
+            try:
+                load_model(m, str(f), strict=strict)  # restores tied weights, which save_model stores once
+            except (SafetensorError, OSError) as e:
+                raise damaged(f, _reason(e)) from None
+            except RuntimeError as e:
+                raise UserError(f"{f}: weights do not match model {name!r} (was it trained with another model config?): "
+                                f"{' '.join(str(e).split())[:300]}") from None
         used.append(f.name)
     return used
 
 
+def load_ema(directory: Path, name: str) -> Optional[dict[str, torch.Tensor]]:
+    """The EMA weights of model ``name`` in the checkpoint, or None when it has none."""
+    f = directory / ema_file(name)
+    return read_tensors(f) if f.is_file() else None
+
+
 def load_optim_state(directory: Path) -> dict[str, Any]:
-    return torch.load(directory / "optimizer.pt", map_location="cpu", weights_only=True)
+    f = directory / "optimizer.pt"
+    if not f.is_file():
+        raise damaged(f, "missing (eval, sample and export do not need it, resuming training does)")
+    try:
+        return torch.load(f, map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError (also for anything weights_only refuses), RuntimeError, EOFError
+        raise damaged(f, _reason(e)) from None
 
 
 def load_rng(directory: Path, rank: int) -> bool:
@@ -239,10 +414,13 @@ def load_rng(directory: Path, rank: int) -> bool:
         return False
     from safetensors import safe_open
 
-    with safe_open(str(f), framework="pt") as fh:
-        meta = fh.metadata()
-        tensors = {k: fh.get_tensor(k) for k in fh.keys()}
-    set_rng_state(tensors, meta)
+    try:
+        with safe_open(str(f), framework="pt") as fh:
+            meta = fh.metadata()
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+        set_rng_state(tensors, meta)
+    except Exception as e:  # SafetensorError, or keys/metadata missing
+        raise damaged(f, _reason(e)) from None
     return True
 
 
@@ -252,7 +430,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if (p / STATE_FILE).is_file():
         return p
     for root in (p / "checkpoints", p):
-        found = latest(root)
+        found = newest(root)
         if found is not None:
             return found
-    raise UserError(f"no complete checkpoint found at {p}")
+    raise NoCheckpoint(f"no complete checkpoint found at {p}")

@@ -84,6 +84,8 @@ def error_line(e: BaseException) -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    from trainhub.signals import Interrupted
+
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return _main(argv)
@@ -93,9 +95,20 @@ def main(argv: Optional[list[str]] = None) -> int:
     except UserError as e:
         print(f"trainhub: error: {error_line(e)}", file=sys.stderr)
         return 2
+    except Interrupted as e:  # SIGINT/SIGTERM before the first step: nothing to save, as asked
+        print(f"trainhub: {e.signame} during start-up: stopped before the first step, nothing to save", file=sys.stderr)
+        return 0
     except KeyboardInterrupt:
         print("trainhub: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # a full or read-only disk wherever it shows up (recipes' and plugins' own files too)
+        from trainhub.storage import explain
+
+        reason = explain(e, Path(e.filename or "."))
+        if reason is None:
+            raise
+        print(f"trainhub: error: cannot write {e.filename or 'a file'}: {reason}", file=sys.stderr)
+        return 2
 
 
 def _main(argv: list[str]) -> int:
@@ -139,10 +152,13 @@ def _recipe_command(name: str, args: list[str], parser: argparse.ArgumentParser)
 def cmd_run(args: argparse.Namespace, overrides: list[str]) -> int:
     if args.nproc_per_node:
         return _launch_torchrun(args)
-    from trainhub.run import main_entry
+    from trainhub import signals
 
-    return main_entry(args.recipe, config_file=args.config, overrides=overrides, run_dir=args.run_dir,
-                      resume=args.resume, dry_run=args.dry_run)
+    with signals.installed():  # before the slow imports: Ctrl-C during start-up is one line and exit 0
+        from trainhub.run import main_entry
+
+        return main_entry(args.recipe, config_file=args.config, overrides=overrides, run_dir=args.run_dir,
+                          resume=args.resume, dry_run=args.dry_run)
 
 
 def _launch_torchrun(args: argparse.Namespace) -> int:
@@ -228,7 +244,7 @@ def cmd_doctor(args: argparse.Namespace, rest: list[str]) -> int:
     return 0 if ok else 1
 
 
-def _load_for_inference(recipe_name: str, checkpoint: str, ema: bool, overrides: list[str]) -> tuple[Any, Any, dict, Path]:
+def _load_for_inference(command: str, recipe_name: str, checkpoint: str, ema: bool, overrides: list[str]) -> tuple[Any, Any, dict, Path]:
     from trainhub import checkpoint as ckpt
     from trainhub.plugins import get_plugins
     from trainhub.run import resolve_config
@@ -236,6 +252,7 @@ def _load_for_inference(recipe_name: str, checkpoint: str, ema: bool, overrides:
     plugins = get_plugins()
     recipe = plugins.recipe(recipe_name)
     path = ckpt.resolve_checkpoint(checkpoint)
+    ckpt.check_recipe(path, recipe.name, f"use trainhub {command} {{recipe}} --checkpoint {checkpoint}")
     run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
     cfg_file = run_dir / "config.yaml"
     config = resolve_config(recipe, plugins, cfg_file if cfg_file.is_file() else None, overrides)
@@ -257,7 +274,7 @@ def cmd_sample(args: argparse.Namespace, rest: list[str]) -> int:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     recipe.add_sample_arguments(p)
     sargs = p.parse_args(rest[1:])
-    recipe, config, models, path = _load_for_inference(recipe_name, sargs.checkpoint, not sargs.no_ema, [])
+    recipe, config, models, path = _load_for_inference("sample", recipe_name, sargs.checkpoint, not sargs.no_ema, [])
     from trainhub.trainer import select_device
 
     device = select_device(sargs.device)
@@ -288,12 +305,13 @@ def cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
     args, overrides = p.parse_known_args(rest)
     args.overrides = overrides
 
+    from trainhub import checkpoint as ckpt
     from trainhub.data import build_loader
     from trainhub.media import MediaWriter
     from trainhub.recipe import EvalContext
     from trainhub.trainer import select_device, select_precision
 
-    recipe, config, models, path = _load_for_inference(args.recipe, args.checkpoint, not args.no_ema, args.overrides)
+    recipe, config, models, path = _load_for_inference("eval", args.recipe, args.checkpoint, not args.no_ema, args.overrides)
     device = select_device(config.train.device)
     models = {k: m.to(device).eval() for k, m in models.items()}
     _, val = recipe.build_data(config)
@@ -309,7 +327,7 @@ def cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
 
         return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
 
-    step = json.loads((path / "training_state.json").read_text())["step"]
+    step = ckpt.read_state(path)["step"]
     out_root = path.parent.parent / "samples" / "eval" if path.parent.name == "checkpoints" else path / "eval"
     ctx = EvalContext(models, loader, device, config, step, path, True, autocast, MediaWriter(out_root, step))
     torch.manual_seed(config.train.seed)
@@ -320,24 +338,26 @@ def cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
 
 
 def cmd_export(args: argparse.Namespace, rest: list[str]) -> int:
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
     from trainhub import checkpoint as ckpt
+    from trainhub import storage
     from trainhub.fsdp import consolidate, is_sharded_checkpoint
 
     path = ckpt.resolve_checkpoint(args.checkpoint)
     f = path / (ckpt.ema_file(args.model) if args.ema else ckpt.model_file(args.model))
     if f.is_file():
-        sd = load_file(str(f))
+        sd = ckpt.read_tensors(f)
     elif is_sharded_checkpoint(path):
         sd = consolidate(path, args.model, ema=args.ema)
     else:
         raise UserError(f"checkpoint {path} has no {'EMA ' if args.ema else ''}weights for model {args.model!r}")
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
-    save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp))
-    os.replace(tmp, out)
+    with storage.writing(out, partial=tmp):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp))
+        os.replace(tmp, out)
     print(f"trainhub: wrote {len(sd)} tensors to {out}", file=sys.stderr)
     return 0
 

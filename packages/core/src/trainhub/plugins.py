@@ -86,7 +86,7 @@ class Plugins:
         self.info[name] = PluginInfo(name, distribution, version, getattr(plugin, "__name__", type(plugin).__name__))
         try:
             self._collect(name)
-        except Exception:
+        except BaseException:  # sys.exit() in a registration hook too
             self.pm.unregister(name=name)
             del self.info[name]
             raise
@@ -111,18 +111,21 @@ class Plugins:
             version = ep.dist.version if ep.dist else ""
             try:
                 obj = ep.load()
-            except Exception as exc:  # a broken plugin must not take the others down
+            except (Exception, SystemExit) as exc:  # a broken plugin must not take the others down, nor exit
                 self._fail(ep.name, dist, exc)
                 continue
             try:
                 self.add(obj, ep.name, dist, version)
             except PluginError:
                 raise
-            except Exception as exc:
+            except (Exception, SystemExit) as exc:
                 self._fail(ep.name, dist, exc)
 
     def _fail(self, name: str, dist: str, exc: BaseException) -> None:
-        msg = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        if isinstance(exc, SystemExit):
+            msg = f"it called sys.exit({exc.code!r}) while loading"
+        else:
+            msg = f"{type(exc).__name__}: {exc}".splitlines()[0]
         self.failed[name] = f"{dist}: {msg}"
         warnings.warn(f"trainhub plugin {name!r} ({dist}) failed to load and is skipped: {msg}", stacklevel=2)
 

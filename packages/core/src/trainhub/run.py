@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
@@ -18,7 +19,9 @@ from torch import nn
 from trainhub import checkpoint as ckpt
 from trainhub import config as C
 from trainhub import distributed as dist
-from trainhub.errors import UserError
+from trainhub import signals, storage
+from trainhub.errors import PluginError, UserError
+from trainhub.rundir import RunDir
 from trainhub.plugins import Plugins, get_plugins
 from trainhub.recipe import Recipe
 
@@ -93,24 +96,37 @@ def resolve_config(recipe: Recipe, plugins: Plugins, config_file: Any = None, ov
 
 class HookCaller:
     """Calls a lifecycle hook on each plugin separately so one failing plugin is named and handled:
-    ``plugin_errors: stop`` re-raises, ``disable`` warns once and unregisters that plugin for the run."""
+    ``plugin_errors: stop`` ends the run with a one-line :class:`PluginError` naming it, ``disable`` warns once
+    and calls that plugin no more in this run. A plugin that fails either way gets no further calls in the run
+    (so a checkpoint can still be saved before it ends); a full or read-only disk is reported as such."""
 
     def __init__(self, plugins: Plugins, on_error: str, is_main: bool = True) -> None:
         self.plugins, self.on_error, self.is_main = plugins, on_error, is_main
+        self.failed: set[int] = set()  # id() of the plugins that failed in this run
 
     def __call__(self, name: str, **kwargs: Any) -> None:
         if not self.is_main:  # lifecycle hooks run on rank 0 only
             return
         hook = getattr(self.plugins.pm.hook, name)
         for impl in reversed(hook.get_hookimpls()):
+            if id(impl.plugin) in self.failed:
+                continue
             try:
                 self.plugins.call_impl(name, impl, kwargs)
             except Exception as exc:
+                self.failed.add(id(impl.plugin))
                 pname = self.plugins.pm.get_name(impl.plugin) or repr(impl.plugin)
+                if isinstance(exc, storage.DiskError):
+                    raise
+                reason = storage.explain(exc, Path(getattr(exc, "filename", None) or "."))
+                if reason is not None:
+                    raise storage.DiskError(f"cannot write {getattr(exc, 'filename', None) or 'a file'} (plugin {pname!r} "
+                                            f"in {name}): {reason}") from None
+                what = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
                 if self.on_error == "stop":
-                    raise RuntimeError(f"plugin {pname!r} failed in {name}: {type(exc).__name__}: {exc}") from exc
-                warnings.warn(f"plugin {pname!r} failed in {name} and is disabled for this run: {type(exc).__name__}: {exc}", stacklevel=2)
-                self.plugins.pm.unregister(impl.plugin)
+                    raise PluginError(f"plugin {pname!r} failed in {name}: {what}; fix or uninstall it, or set "
+                                      f"plugin_errors=disable to train on without it") from exc
+                warnings.warn(f"plugin {pname!r} failed in {name} and is disabled for this run: {what}", stacklevel=2)
 
 
 def _new_run_dir(config: C.RunConfig, recipe: Recipe) -> Path:
@@ -137,15 +153,19 @@ def _find_resume(resume: Optional[str], run_dir: Optional[Path], config: C.RunCo
                 base = Path(config.output_dir) / recipe.name
                 runs = [d for d in base.iterdir() if d.is_dir() and ckpt.latest(d / "checkpoints")] if base.is_dir() else []
                 run_dir = max(runs, key=lambda d: d.stat().st_mtime) if runs else None
-        found = ckpt.latest(run_dir / "checkpoints") if run_dir is not None else None
+        found = ckpt.newest(run_dir / "checkpoints") if run_dir is not None else None
         return found, run_dir
     try:
         path = ckpt.resolve_checkpoint(resume)
-    except UserError:
+    except ckpt.NoCheckpoint:
         return None, run_dir  # maybe a foreign checkpoint: the recipe decides (Recipe.load_foreign)
     if run_dir is None:
         run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
     return path, run_dir
+
+
+def _check_recipe(checkpoint: Path, recipe: Recipe) -> None:
+    ckpt.check_recipe(checkpoint, recipe.name, f"resume it with trainhub run {{recipe}} --resume {checkpoint}")
 
 
 def train(
@@ -162,18 +182,32 @@ def train(
     ``resume``: ``"auto"`` (latest checkpoint of the run dir, or of the newest run; a fresh start if
     none) or a checkpoint / run directory. Without ``config_file``, a resumed run reuses its saved
     ``config.yaml``.
+
+    The run directory is locked for the run's life (one writer; :mod:`trainhub.rundir`), a new run is refused
+    where another run's checkpoints are, and nothing is written there before the run is accepted: config
+    valid, models and data built, the checkpoint to resume from loaded. SIGINT/SIGTERM before the first step
+    raise :class:`trainhub.signals.Interrupted` (a KeyboardInterrupt); after it, the run saves and returns
+    status ``"interrupted"``.
     """
+    with signals.installed():
+        return _train(recipe, config_file, overrides, run_dir, resume, dry_run, plugins)
+
+
+def _train(recipe: str | Recipe, config_file: Optional[str | Path], overrides: Optional[list[str] | dict[str, Any]],
+           run_dir: Optional[str | Path], resume: Optional[str | Path], dry_run: bool, plugins: Optional[Plugins]) -> RunResult:
     plugins = plugins or get_plugins()
     rec = plugins.recipe(recipe) if isinstance(recipe, str) else recipe
     run_dir = Path(run_dir) if run_dir is not None else None
     resume = str(resume) if resume is not None else None
-    if resume not in (None, "auto") and config_file is None:
-        _, rd = _find_resume(resume, run_dir, C.RunConfig(), rec)
+    # a checkpoint of another recipe is named as such before its run's config.yaml meets this recipe's schema
+    saved_config: Optional[Path] = None
+    if resume is not None and config_file is None:
+        found, rd = _find_resume(resume, run_dir, C.RunConfig(), rec) if resume != "auto" or run_dir is not None else (None, None)
+        if found is not None:
+            _check_recipe(found, rec)
         if rd is not None and (rd / "config.yaml").is_file():
-            config_file = rd / "config.yaml"
-    config = resolve_config(rec, plugins, config_file, overrides)
-    if resume == "auto" and config_file is None and run_dir is not None and (run_dir / "config.yaml").is_file():
-        config = resolve_config(rec, plugins, run_dir / "config.yaml", overrides)
+            saved_config = rd / "config.yaml"
+    config = resolve_config(rec, plugins, config_file or saved_config, overrides)
 
     from trainhub.trainer import Trainer, select_device
 
@@ -190,6 +224,8 @@ def train(
     is_main = dist.is_main()
 
     load_from, run_dir = _find_resume(resume, run_dir, config, rec)
+    if load_from is not None:
+        _check_recipe(load_from, rec)
     tmp: Optional[tempfile.TemporaryDirectory] = None
     if dry_run:
         tmp = tempfile.TemporaryDirectory(prefix="trainhub-dry-run-")
@@ -197,11 +233,7 @@ def train(
     elif run_dir is None:
         run_dir = _new_run_dir(config, rec)
     run_dir = Path(dist.broadcast_object(str(run_dir)))
-    if is_main and not dry_run:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml.tmp").write_text(C.to_yaml(config))
-        os.replace(run_dir / "config.yaml.tmp", run_dir / "config.yaml")
-    dist.barrier()
+    owner = RunDir(run_dir) if is_main and not dry_run else None  # only rank 0 locks and writes the run directory
 
     run_id = uuid.uuid4().hex[:12]
     if load_from is not None:
@@ -211,11 +243,27 @@ def train(
     call_hook = HookCaller(plugins, config.plugin_errors, is_main)
     registered: list[str] = []
     try:
+        refused: Optional[UserError] = None
+        if owner is not None:
+            try:
+                owner.open(load_from)
+            except UserError as e:
+                refused = e
+        elsewhere = dist.broadcast_object(str(refused) if refused is not None else None)  # the other ranks stop too
+        if refused is not None:
+            raise refused
+        if elsewhere is not None:
+            raise UserError(elsewhere)
         trainer = Trainer(rec, config, None if dry_run else run_dir, device, call_hook, info, dry_run=dry_run)
         if load_from is not None:
             trainer.load(load_from)
         elif resume not in (None, "auto"):
             trainer.load_foreign(str(resume))
+        if owner is not None:  # accepted: from here on the run writes its directory
+            owner.write_text("config.yaml", C.to_yaml(config))
+            if trainer.auto_batch_record is not None:
+                owner.write_text("auto_batch_size.json", json.dumps(trainer.auto_batch_record, indent=2))
+            owner.accept()
         info.models = trainer.raw_models
         info.max_steps, info.step, info.epoch = trainer.max_steps, trainer.step, trainer.epoch
         if is_main and not dry_run:
@@ -225,6 +273,8 @@ def train(
                 if section is not None and getattr(section, "enabled", False):
                     try:
                         logger = reg.obj(section, info)
+                    except storage.DiskError:
+                        raise
                     except Exception as exc:  # a logger that cannot start is named, and stops or is skipped
                         msg = f"logger {name!r} ({reg.distribution}) failed to start: {type(exc).__name__}: {exc}"
                         if config.plugin_errors == "stop":
@@ -241,6 +291,8 @@ def train(
                 plugins.pm.unregister(name=pname)
         if tmp is not None:
             tmp.cleanup()
+        if owner is not None:
+            owner.close()
     return RunResult(run_dir, status, trainer.step, trainer.last_checkpoint, trainer.last_eval)
 
 

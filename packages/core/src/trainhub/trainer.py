@@ -7,7 +7,6 @@ import contextlib
 import copy
 import math
 import random
-import signal
 import time
 import warnings
 from pathlib import Path
@@ -19,6 +18,7 @@ from torch import nn
 
 from trainhub import checkpoint as ckpt
 from trainhub import distributed as dist
+from trainhub import signals
 from trainhub.config import RunConfig
 from trainhub.data import build_loader, sample_seed
 from trainhub.ema import EMA
@@ -100,18 +100,21 @@ class Trainer:
         self.is_main = self.rank == 0
         self.precision = select_precision(tc.precision, device)
         self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
-        self.stop_requested = False
+        self.signals = signals.active() or signals.StopSignals()  # SIGINT/SIGTERM: save after this step, exit 0
+        self.signals.announce = self.is_main
         self.step = 0
         self.epoch = 0
         self.batch_in_epoch = 0  # micro-batches consumed in the current epoch (this rank)
         self.nonfinite_in_row = 0
         self.nonfinite_total = 0
+        self.nonfinite_since = 0  # first step of the current run of non-finite steps: checkpoints before it are good
         self.best: Optional[float] = None
         self.best_name: Optional[str] = None
         self.last_eval: dict[str, float] = {}
         self.last_checkpoint: Optional[Path] = None
         self.saved_step = -1
-        self.saving = False
+        self.between_steps = True  # False while an optimizer step is under way: its state is not whole
+        self.auto_batch_record: Optional[dict[str, int]] = None  # auto_batch_size.json, written once the run starts
         self.flops_per_sample: Optional[float] = None
         self._peak: Optional[tuple[float, str]] = None
         self.watchdog = MemoryWatchdog()
@@ -279,7 +282,6 @@ class Trainer:
 
     def _auto_batch(self, train_ds: Any) -> None:
         from trainhub import autobatch
-        from trainhub.checkpoint import write_json_atomic
 
         tc = self.tc
         if self.sharded:
@@ -314,9 +316,7 @@ class Trainer:
         if self.is_main:
             print(f"trainhub: batch_size auto -> {self.batch_size} per device (largest fitting {found} before margin "
                   f"and global batch), gradient_accumulation_steps {self.accum}", flush=True)
-            if remembered is not None:
-                remembered.parent.mkdir(parents=True, exist_ok=True)
-                write_json_atomic(remembered, {"batch_size": self.batch_size, "gradient_accumulation_steps": self.accum, "largest_fitting": found})
+            self.auto_batch_record = {"batch_size": self.batch_size, "gradient_accumulation_steps": self.accum, "largest_fitting": found}
         self.nonfinite_in_row = self.nonfinite_total = 0
         self.flops_per_sample = None
 
@@ -359,6 +359,7 @@ class Trainer:
             "gradient_accumulation_steps": self.accum,
             "nonfinite_total": self.nonfinite_total,
             "nonfinite_in_row": self.nonfinite_in_row,
+            "nonfinite_since": self.nonfinite_since,
             "best": self.best,
             "best_name": self.best_name,
             "best_metric": self.tc.best_metric,
@@ -370,8 +371,7 @@ class Trainer:
 
     def load(self, directory: Path) -> None:
         state = ckpt.read_state(directory)
-        if state.get("recipe") not in (None, self.recipe.name):
-            raise UserError(f"checkpoint {directory} is from recipe {state['recipe']!r}, not {self.recipe.name!r}")
+        ckpt.check_recipe(directory, self.recipe.name, f"resume it with trainhub run {{recipe}} --resume {directory}")
         self._apply_phase(state["epoch"])  # a resumed run knows which data phase it is in
         for key, now in (("world_size", self.world), ("batch_size", self.batch_size),
                          ("gradient_accumulation_steps", self.accum)):
@@ -385,11 +385,13 @@ class Trainer:
         for name, ema in self.emas.items():
             if name in self.sharded:
                 continue
-            f = directory / ckpt.ema_file(name)
-            if f.is_file():
-                from safetensors.torch import load_file
-
-                ema.load_state_dict({k: v.to(self.device) for k, v in load_file(str(f)).items()})
+            saved = ckpt.load_ema(directory, name)
+            if saved is not None:
+                ema.load_state_dict({k: v.to(self.device) for k, v in saved.items()})
+            else:  # saved with EMA off: start it from the loaded weights, not from the fresh ones
+                ema.copy_from(self.raw_models[name])
+                if self.is_main:
+                    print(f"trainhub: {directory} has no EMA of {name!r}; its EMA starts from the loaded weights", flush=True)
         opt = ckpt.load_optim_state(directory)
         if self.sharded:
             from trainhub import fsdp
@@ -405,9 +407,12 @@ class Trainer:
             self.scaler.load_state_dict(opt["scaler"])
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         self.nonfinite_total, self.nonfinite_in_row = state.get("nonfinite_total", 0), state.get("nonfinite_in_row", 0)
+        self.nonfinite_since = state.get("nonfinite_since", 0)
         self.best, self.best_name = state.get("best"), state.get("best_name")
         self.last_eval = state.get("last_eval") or {}
-        ckpt.load_rng(directory, self.rank)
+        if not ckpt.load_rng(directory, self.rank):
+            raise ckpt.damaged(directory / f"rng_state_rank{self.rank}.safetensors",
+                               "missing (the random streams of an exact resume are in it)")
 
     def load_foreign(self, path: str) -> None:
         """Continue from another implementation's checkpoint (weights, optimizer, step; RNG and data
@@ -439,19 +444,36 @@ class Trainer:
     def save(self, name: Optional[str] = None, is_best: bool = False) -> Optional[Path]:
         if self.dry_run or self.run_dir is None:
             return None
-        self.saving = True  # a second SIGINT/SIGTERM during a save is ignored: the save completes
+        self.signals.saving = True  # a second SIGINT/SIGTERM during a save is ignored: the save completes
         try:
             return self._save(name, is_best)
         finally:
-            self.saving = False
+            self.signals.saving = False
 
     def _save(self, name: Optional[str], is_best: bool) -> Optional[Path]:
         name = name or f"checkpoint-{self.step}"
         self.saved_step = self.step
         root = self.run_dir / "checkpoints"
+        self._check_finite(name)
+        with ckpt.writing(root, name):  # a full or read-only disk: one line, and no .tmp left behind
+            if self.is_main:
+                ckpt.begin(root, name)
+            dist.barrier()
+            path = self._write(root, name)
         if self.is_main:
-            ckpt.begin(root, name)
+            if is_best:
+                self.best_name = name
+                ckpt.write_json_atomic(self.run_dir / "best.json", {"checkpoint": name, "step": self.step, "metric": self.tc.best_metric, "value": self.best})
+            # never prune the newest checkpoint known good (_good_bound): the one just written is not known good yet
+            protect = {p.name for p in (ckpt.newest_before(root, self._good_bound()),) if p is not None}
+            ckpt.prune(root, self.tc.keep_last, protect | ({self.best_name} if self.best_name else set()))
+            self.last_checkpoint = path
+            self.call_hook("trainhub_checkpoint_saved", run=self.run, step=self.step, path=str(path), is_best=is_best)
         dist.barrier()
+        return path
+
+    def _write(self, root: Path, name: str) -> Optional[Path]:
+        """Every rank's part of checkpoint ``name`` into its temporary directory, then rank 0 renames it."""
         tmp = ckpt.tmp_dir(root, name)
         ckpt.save_rng(tmp, self.rank)
         if self.sharded:
@@ -460,27 +482,58 @@ class Trainer:
             fsdp.save_shards(tmp, self.rank, {n: self.raw_models[n] for n in self.sharded},
                              {n: e for n, e in self.emas.items() if n in self.sharded}, self.optimizers)
         dist.barrier()
-        path = None
-        if self.is_main:
-            optim_state = {
-                "optimizers": {} if self.sharded else {n: o.state_dict() for n, o in self.optimizers.items()},
-                "schedulers": {n: s.state_dict() for n, s in self.schedulers.items()},
-                "scaler": self.scaler.state_dict() if self.scaler is not None else {},
-            }
-            plain = {n: m for n, m in self.raw_models.items() if n not in self.sharded and n not in self.frozen}
-            if self.sharded:
-                fsdp.write_layout(tmp, {n: self.raw_models[n] for n in self.sharded}, self.world)
-            ckpt.save_main(tmp, plain, {n: e for n, e in self.emas.items() if n not in self.sharded}, optim_state, self.training_state())
-            path = ckpt.commit(root, name)
-            if is_best:
-                self.best_name = name
-                ckpt.write_json_atomic(self.run_dir / "best.json", {"checkpoint": name, "step": self.step, "metric": self.tc.best_metric, "value": self.best})
-            protect = {self.best_name} if self.best_name else set()
-            ckpt.prune(root, self.tc.keep_last, protect)
-            self.last_checkpoint = path
-            self.call_hook("trainhub_checkpoint_saved", run=self.run, step=self.step, path=str(path), is_best=is_best)
-        dist.barrier()
-        return path
+        if not self.is_main:
+            return None
+        optim_state = {
+            "optimizers": {} if self.sharded else {n: o.state_dict() for n, o in self.optimizers.items()},
+            "schedulers": {n: s.state_dict() for n, s in self.schedulers.items()},
+            "scaler": self.scaler.state_dict() if self.scaler is not None else {},
+        }
+        plain = {n: m for n, m in self.raw_models.items() if n not in self.sharded and n not in self.frozen}
+        if self.sharded:
+            fsdp.write_layout(tmp, {n: self.raw_models[n] for n in self.sharded}, self.world)
+        ckpt.save_main(tmp, plain, {n: e for n, e in self.emas.items() if n not in self.sharded}, optim_state, self.training_state())
+        return ckpt.commit(root, name)
+
+    # ---- non-finite state ---------------------------------------------------------------------------
+    def _good_bound(self) -> int:
+        """Checkpoints of steps below this are known good: finite (checked at save) and their weights went on to
+        a finite optimizer step. Inside a stretch of non-finite steps that is the stretch's first step; else the
+        current one.
+
+        Finite is not enough: with ``train.lr=1e30`` one step leaves weights near 1e30, finite but garbage, and
+        every later step is non-finite; those checkpoints are finite, and bad. A finite step after them is
+        the evidence the run itself gives that weights still work, at no cost. Bad data cannot be told from bad
+        weights this way, so a checkpoint whose next steps were non-finite is not called good (the stop message
+        lists it). Weights that grow large but keep giving finite losses are the loss-range watch's to catch."""
+        return self.nonfinite_since if self.nonfinite_in_row else self.step
+
+    def _check_finite(self, name: str) -> None:
+        """Never write a checkpoint from non-finite weights, EMA or optimizer state (one reduction per group)."""
+        models = {n: m for n, m in self.raw_models.items() if n not in self.frozen}
+        bad = ckpt.nonfinite(ckpt.state_groups(models, self.emas, self.optimizers))
+        if self.sharded and dist.any_true(bool(bad), self.device):  # each rank checked its own shards
+            bad = bad or {"a shard on another rank": "?"}
+        if bad:
+            what = "; ".join(f"{g} (e.g. {t})" for g, t in bad.items())
+            raise TrainingStopped(f"non-finite values at step {self.step} in {what}: {name} not written; lower train.lr, "
+                                  f"check the data, or use precision bf16/fp32; {self._good_checkpoint_note()}")
+
+    def _good_checkpoint_note(self) -> str:
+        """Where to continue from: the newest checkpoint known good (:meth:`_good_bound`), its files read back."""
+        if self.run_dir is None:
+            return "no checkpoint was written"
+        root = self.run_dir / "checkpoints"
+        bound = self._good_bound()
+        after = [p.name for s, p in ckpt.list_checkpoints(root) if s >= bound]
+        shown = (f" ({', '.join(after[-3:])}{', ...' if len(after) > 3 else ''} {'holds' if len(after) == 1 else 'hold'} "
+                 f"the weights that gave the non-finite steps)") if after else ""
+        good = ckpt.newest_before(root, bound, verify=True)
+        if good is None:
+            return f"no checkpoint of this run is known good{shown}; start again"
+        if not after:
+            return f"newest good checkpoint: {good}"
+        return f"newest good checkpoint: {good}{shown}; continue from it with --resume {good} --run-dir NEW_DIR"
 
     # ---- the loop ----------------------------------------------------------------------------------
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -500,7 +553,7 @@ class Trainer:
     def fit(self) -> str:
         tc = self.tc
         accum = self.accum
-        self._install_signals()
+        self.signals.arm()
         status = "completed"
         batches = self._batches()
         window: dict[str, torch.Tensor] = {}
@@ -525,11 +578,13 @@ class Trainer:
                         continue
                     micro.append(to_device(b, self.device, self.pin, tc.channels_last))
                 data_time = time.perf_counter() - t0
+                self.between_steps = False
                 self.batch_in_epoch += accum
                 self._seed_host_rngs()
                 logs = self._optimizer_step(micro)
                 self.run.step_losses = logs
                 self.step += 1
+                self.between_steps = True
                 self.run.step, self.run.epoch = self.step, self.epoch
                 for k, v in logs.items():
                     window[k] = window[k] + v if k in window else v
@@ -561,13 +616,38 @@ class Trainer:
                 path = self.save() if self.saved_step != self.step else self.last_checkpoint
                 if self.is_main and path is not None:
                     print(f"trainhub: interrupted; checkpoint saved to {path}", flush=True)
-        except BaseException:
-            self.call_hook("trainhub_run_end", run=self.run, status="failed")
+        except BaseException as exc:
+            saved = self._save_before_failing(exc)
+            try:
+                self.call_hook("trainhub_run_end", run=self.run, status="failed")
+            except Exception as end_exc:  # the failure that ended the run is the one to report
+                warnings.warn(f"while ending the failed run: {end_exc}", stacklevel=2)
+            if saved:
+                try:
+                    told = type(exc)(f"{exc}; {saved}")
+                except Exception:  # an exception class that takes other arguments
+                    told = UserError(f"{exc}; {saved}")
+                raise told from exc
             raise
-        finally:
-            self._restore_signals()
         self.call_hook("trainhub_run_end", run=self.run, status=status)
         return status
+
+    def _save_before_failing(self, exc: BaseException) -> Optional[str]:
+        """A plugin that failed, or data that could not be read, ends the run between two steps, where the
+        training state is whole: save it first so no step is lost, and say where it is (one process only: in a
+        job of several, the failing rank stops alone and the others cannot join a save)."""
+        from trainhub.storage import DiskError
+
+        if not (isinstance(exc, UserError) and not isinstance(exc, (TrainingStopped, DiskError)) and self.between_steps
+                and self.world == 1 and not self.dry_run and self.run_dir is not None):
+            return None
+        if self.saved_step == self.step:
+            return f"{self.last_checkpoint} holds step {self.step}; resume with --resume auto" if self.last_checkpoint else None
+        try:
+            path = self.save()
+        except Exception as save_exc:  # non-finite state, a full disk: say so, and report the first failure
+            return f"no checkpoint could be saved ({' '.join(str(save_exc).split())[:200]})"
+        return f"saved {path} first; resume with --resume auto"
 
     def _end_epoch(self) -> None:
         self.epoch += 1
@@ -684,16 +764,18 @@ class Trainer:
         self.call_hook("trainhub_warning", run=self.run, step=self.step, kind=kind, message=message, data=data or {})
 
     def _nonfinite(self, oname: str, total: torch.Tensor) -> None:
+        if self.nonfinite_in_row == 0:
+            self.nonfinite_since = self.step
         self.nonfinite_in_row += 1
         self.nonfinite_total += 1
         if self.is_main:
             print(f"trainhub: non-finite loss/gradients at step {self.step} ({oname}); step skipped "
                   f"({self.nonfinite_in_row} in a row, {self.nonfinite_total} total)", flush=True)
         if self.nonfinite_in_row >= self.tc.max_nonfinite:
-            last = f"; last good checkpoint: {self.last_checkpoint}" if self.last_checkpoint else ""
             raise TrainingStopped(
                 f"{self.nonfinite_in_row} non-finite steps in a row at step {self.step} (train.max_nonfinite="
-                f"{self.tc.max_nonfinite}): lower train.lr, check the data, or use precision bf16/fp32{last}"
+                f"{self.tc.max_nonfinite}): lower train.lr, check the data, or use precision bf16/fp32; "
+                f"{self._good_checkpoint_note()}"
             )
 
     def _no_sync(self) -> contextlib.AbstractContextManager:
@@ -806,24 +888,6 @@ class Trainer:
             self.save(is_best=True)
 
     # ---- signals -----------------------------------------------------------------------------------
-    def _install_signals(self) -> None:
-        self._old_handlers = {}
-        try:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old_handlers[sig] = signal.signal(sig, self._on_signal)
-        except ValueError:  # not the main thread
-            self._old_handlers = {}
-
-    def _restore_signals(self) -> None:
-        for sig, h in self._old_handlers.items():
-            signal.signal(sig, h)
-
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        if self.stop_requested and not self.saving:  # second signal outside a save: stop now
-            raise KeyboardInterrupt
-        self.stop_requested = True
-        if self.is_main:
-            print(f"trainhub: received {signal.Signals(signum).name}; saving a checkpoint after this step", flush=True)
-
     def _stop_agreed(self) -> bool:
-        return dist.any_true(self.stop_requested, self.device) if self.world > 1 else self.stop_requested
+        requested = self.signals.requested is not None
+        return dist.any_true(requested, self.device) if self.world > 1 else requested

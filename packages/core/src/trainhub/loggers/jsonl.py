@@ -1,13 +1,47 @@
-"""``metrics.jsonl``: one JSON object per logging step, eval and checkpoint, appended and flushed."""
+"""``metrics.jsonl``: one JSON object per logging step, eval and checkpoint, appended and flushed.
+
+Each step is in it once: a resumed run first drops the records after the step it continues from (the part
+of the file a killed or stopped attempt wrote past its checkpoint, which the resumed run writes again),
+and a new run starts the file afresh. Readers need not deduplicate.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import time
+from pathlib import Path
 from typing import Any
 
-from trainhub import hookimpl
+from trainhub import hookimpl, storage
 from trainhub.config import Section
+
+
+def keep_until(path: Path, step: int) -> int:
+    """Rewrite ``path`` (atomically: temporary file, fsync, rename) with only the records of steps <= ``step``
+    and no unreadable line (a write cut off by a kill); returns how many records it dropped."""
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            rec = json.loads(line)
+            ok = isinstance(rec, dict) and int(rec.get("step", 0)) <= step
+        except (ValueError, TypeError):
+            ok = False
+        if ok:
+            kept.append(line + "\n")
+        else:
+            dropped += 1
+    if dropped:
+        tmp = path.with_name(path.name + ".tmp")
+        with storage.writing(path, partial=tmp):
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.writelines(kept)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+    return dropped
 
 
 class JsonlConfig(Section):
@@ -18,11 +52,15 @@ class JsonlConfig(Section):
 class JsonlLogger:
     def __init__(self, config: JsonlConfig, run: Any) -> None:
         self.path = run.run_dir / config.filename
-        self.f = open(self.path, "a", encoding="utf-8")
+        if run.resumed:
+            keep_until(self.path, run.step)
+        with storage.writing(self.path):
+            self.f = open(self.path, "a" if run.resumed else "w", encoding="utf-8")
 
     def _write(self, obj: dict[str, Any]) -> None:
-        self.f.write(json.dumps(obj) + "\n")
-        self.f.flush()
+        with storage.writing(self.path):
+            self.f.write(json.dumps(obj) + "\n")
+            self.f.flush()
 
     @hookimpl
     def trainhub_step_end(self, run: Any, step: int, metrics: dict[str, float]) -> None:
