@@ -181,3 +181,11 @@ def test_import_reference_refuses_a_config_the_weights_do_not_fit(tmp_path):
         get_plugins().recipe("sr3").command(["import-reference", "--checkpoint", str(prefix), "--config", str(small),
                                              "--out", str(tmp_path / "o")])
     assert not (tmp_path / "o").exists()
+
+
+def test_import_notes_weights_saved_under_another_train_schedule(tmp_path, capsys):
+    prefix, _ = _reference_ckpt(tmp_path / "exp", n=30)  # the JSON trains 20 steps
+    get_plugins().recipe("sr3").command(["import-reference", "--checkpoint", str(prefix), "--config", str(_small_json(tmp_path)),
+                                         "--out", str(tmp_path / "o")])
+    assert ("note: I1200_E3_gen.pth was saved while training with a linear 30 steps 1e-06..0.01 schedule; this config trains "
+            "with linear 20 steps 1e-06..0.01 (is it the JSON these weights were trained with?)") in capsys.readouterr().err
