@@ -316,11 +316,8 @@ def damaged(f: Path, reason: str) -> UserError:
 
 
 def _reason(exc: BaseException) -> str:
+    """What is wrong with a safetensors file, from safetensors' (or the OS's) error."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    if "Weights only load failed" in str(exc):
-        return "it holds objects other than tensors and plain data, which are never unpickled (weights_only load refused it)"
-    if "failed finding central directory" in text or "PytorchStreamReader" in text:
-        return "not a complete torch file (truncated or damaged)"
     if "header" in text or "Error while deserializing" in text or "incomplete metadata" in text:
         return f"not a complete safetensors file ({text.split(': ', 1)[-1]})"
     return text
@@ -404,8 +401,12 @@ def load_optim_state(directory: Path) -> dict[str, Any]:
         raise damaged(f, "missing (eval, sample and export do not need it, resuming training does)")
     try:
         return torch.load(f, map_location="cpu", weights_only=True)
-    except Exception as e:  # UnpicklingError (also for anything weights_only refuses), RuntimeError, EOFError
-        raise damaged(f, _reason(e)) from None
+    except Exception as e:  # UnpicklingError (also for anything weights_only refuses), RuntimeError, EOFError, OSError
+        if "Weights only load failed" in str(e):
+            raise damaged(f, "it holds objects other than tensors and plain data, which are never unpickled "
+                             "(weights_only load refused it)") from None
+        # a cut-off zip: EOFError when empty, OSError EINVAL seeking past its end, RuntimeError from the reader
+        raise damaged(f, f"not a complete torch file (truncated or damaged: {type(e).__name__})") from None
 
 
 def load_rng(directory: Path, rank: int) -> bool:
@@ -429,6 +430,8 @@ def resolve_checkpoint(path: str | Path) -> Path:
     p = Path(path)
     if (p / STATE_FILE).is_file():
         return p
+    if any(p.glob("rng_state_rank*.safetensors")):  # a trainhub checkpoint that lost its state file
+        raise damaged(p / STATE_FILE, "missing: not a complete trainhub checkpoint")
     for root in (p / "checkpoints", p):
         found = newest(root)
         if found is not None:
