@@ -282,10 +282,12 @@ def cmd_sample(args: argparse.Namespace, rest: list[str]) -> int:
     sargs.device = device
     run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
     out = Path(sargs.out) if sargs.out else run_dir / "samples" / f"cli-{time.strftime('%Y%m%d-%H%M%S')}"
-    out.mkdir(parents=True, exist_ok=True)
     import torch
 
-    with torch.no_grad():
+    from trainhub import storage
+
+    with torch.no_grad(), storage.writing(out, where="--out"):
+        out.mkdir(parents=True, exist_ok=True)
         try:
             recipe.sample(models, config, sargs, out)
         except NotImplementedError as e:
@@ -354,7 +356,7 @@ def cmd_export(args: argparse.Namespace, rest: list[str]) -> int:
         raise UserError(f"checkpoint {path} has no {'EMA ' if args.ema else ''}weights for model {args.model!r}")
     out = Path(args.out)
     tmp = out.with_name(out.name + ".tmp")
-    with storage.writing(out, partial=tmp):
+    with storage.writing(out, partial=tmp, where="--out"):
         out.parent.mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp))
         os.replace(tmp, out)

@@ -18,13 +18,14 @@ from typing import Iterator, Optional
 
 from trainhub.errors import UserError
 
-_ADVICE = {
-    errno.ENOSPC: ("no space left on device", "free space on that disk or set output_dir (or --run-dir) to another one"),
-    errno.EDQUOT: ("disk quota exceeded", "free space or set output_dir (or --run-dir) to another disk"),
-    errno.EROFS: ("read-only file system", "set output_dir (or --run-dir) to a writable place"),
-    errno.EACCES: ("permission denied", "make it writable or set output_dir (or --run-dir) to a writable place"),
-    errno.EPERM: ("operation not permitted", "make it writable or set output_dir (or --run-dir) to a writable place"),
+_ADVICE = {  # errno: (what it is, what to do; {where} is the setting that moves the files)
+    errno.ENOSPC: ("no space left on device", "free space on that disk or set {where} to another one"),
+    errno.EDQUOT: ("disk quota exceeded", "free space or set {where} to another disk"),
+    errno.EROFS: ("read-only file system", "set {where} to a writable place"),
+    errno.EACCES: ("permission denied", "make it writable or set {where} to a writable place"),
+    errno.EPERM: ("operation not permitted", "make it writable or set {where} to a writable place"),
 }
+RUN_FILES = "output_dir (or --run-dir)"
 
 
 class DiskError(UserError):
@@ -65,12 +66,14 @@ def disk_errno(exc: BaseException, path: Path) -> Optional[int]:
     return code if code in _ADVICE else None
 
 
-def explain(exc: BaseException, path: Path) -> Optional[str]:
-    """``"<reason> (...): <what to do>"`` for a disk error, else None."""
+def explain(exc: BaseException, path: Path, where: str = RUN_FILES) -> Optional[str]:
+    """``"<reason> (...); <what to do>"`` for a disk error, else None; ``where``: the option that puts the
+    files elsewhere."""
     code = disk_errno(exc, path)
     if code is None:
         return None
     reason, advice = _ADVICE[code]
+    advice = advice.format(where=where)
     if code in (errno.ENOSPC, errno.EDQUOT):
         free = _free(path)
         reason += f" ({free} free there)" if free else ""
@@ -89,7 +92,7 @@ def remove(path: Optional[Path]) -> None:
 
 
 @contextlib.contextmanager
-def writing(path: Path, partial: Optional[Path] = None, note: str = "") -> Iterator[None]:
+def writing(path: Path, partial: Optional[Path] = None, note: str = "", where: str = RUN_FILES) -> Iterator[None]:
     """Write ``path`` inside the block; on any failure remove ``partial`` (the half-written
     temporary file or directory), and turn a disk error into a :class:`DiskError`:
     ``cannot write <path>: no space left on device (12 kB free there); free space ...<note>``."""
@@ -97,7 +100,7 @@ def writing(path: Path, partial: Optional[Path] = None, note: str = "") -> Itera
         yield
     except BaseException as exc:
         remove(partial)
-        reason = explain(exc, path) if isinstance(exc, Exception) else None
+        reason = explain(exc, path, where) if isinstance(exc, Exception) else None
         if reason is None:
             raise
         raise DiskError(f"cannot write {path}: {reason}{note}") from None
