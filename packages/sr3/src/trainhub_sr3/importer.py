@@ -69,7 +69,7 @@ def import_reference(recipe: Any, argv: list[str]) -> Path:
     from trainhub.plugins import get_plugins
     from trainhub.run import resolve_config
 
-    from trainhub_sr3.recipe import _sizes, build_unet, check_model_config
+    from trainhub_sr3.recipe import build_unet, check_model_config, parse_sizes
 
     p = argparse.ArgumentParser(prog="trainhub sr3 import-reference", description="Turn a reference SR3 checkpoint "
                                 "(Janspiry/Image-Super-Resolution-via-Iterative-Refinement) into a trainhub run directory, so "
@@ -90,7 +90,7 @@ def import_reference(recipe: Any, argv: list[str]) -> Path:
         note = compat.schedule_note(w, config.model)
         line = f"settings from {a.config}" + (f"; note: {note}" if note else "")
     else:
-        inferred, line = inferred_overrides(w, *_sizes(a.sizes))
+        inferred, line = inferred_overrides(w, *parse_sizes(a.sizes))
         config = resolve_config(recipe, plugins, None, C.deep_merge(inferred, C.parse_overrides(overrides)))
     compat.check_reference(w, config.model, "give the reference JSON these weights were trained with as --config")
     check_model_config(config.model)

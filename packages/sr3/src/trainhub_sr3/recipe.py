@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import sys
 from pathlib import Path
 from typing import Any, Callable, Literal, Optional
 
@@ -171,7 +172,8 @@ def schedules(cfg: SR3Model, eval_steps: Optional[int] = None) -> tuple[Schedule
     return train, Schedule.respaced(train.betas, eval_steps or cfg.eval_steps)
 
 
-def _sizes(text: str) -> tuple[int, int]:
+def parse_sizes(text: str) -> tuple[int, int]:
+    """``--sizes 16,128`` -> (16, 128)."""
     try:
         lo, hi = (int(x) for x in text.split(","))
     except ValueError:
@@ -299,8 +301,6 @@ class SR3Recipe(Recipe):
         it, _ = compat.load_resume(prefix, models["model"], opt, self._model_config)
         restored = ["weights"] + (["optimizer"] if Path(f"{prefix}_opt.pth").is_file() and opt is not None else []) + ["step"]
         if opt is not None and (isinstance(opt, torch.optim.AdamW) or opt.param_groups[0].get("weight_decay", 0)):
-            import sys
-
             print(f"trainhub-sr3: note: the reference trains with Adam without weight decay; this run continues with "
                   f"{type(opt).__name__} weight_decay={opt.param_groups[0].get('weight_decay', 0)} (its JSON config sets "
                   "train.optimizer=adam train.weight_decay=0)", file=sys.stderr)
@@ -325,7 +325,7 @@ class SR3Recipe(Recipe):
         p.add_argument("--lmdb", action="store_true", help="write one LMDB database at --out (the reference's datatype: lmdb) "
                        "instead of folders; a second run continues an interrupted one")
         a = p.parse_args(args)
-        lo, hi = _sizes(a.sizes)
+        lo, hi = parse_sizes(a.sizes)
         n = prepare(Path(a.path), Path(a.out), lo, hi, a.on_error, lmdb=a.lmdb)
         print(f"prepared {n} images into {a.out}" + (" (LMDB)" if a.lmdb else ""))
 
@@ -339,8 +339,6 @@ class SR3Recipe(Recipe):
         parser.add_argument("--temperature", type=float, default=None, help="starting-noise scale (default: model.temperature)")
 
     def sample(self, models: dict[str, nn.Module], config: SR3Config, args: argparse.Namespace, out_dir: Path) -> None:
-        import sys
-
         from trainhub.media import save_png, to_uint8_image
 
         m = config.model
