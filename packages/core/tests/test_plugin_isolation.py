@@ -90,3 +90,28 @@ def test_stop_mode_fails_the_run_naming_the_plugin_and_tells_the_others(tmp_path
     with pytest.raises(PluginError, match="plugin 'uploader' failed in trainhub_eval_end: ValueError: cannot upload"):
         train("tiny", overrides=quiet + ["train.max_steps=4", "train.eval_every=2"], run_dir=tmp_path / "r")
     assert ends == ["failed"]
+
+
+def test_a_failing_hook_is_one_line_and_the_run_saves_first(tmp_path, capsys, trainhub_register):
+    from trainhub import checkpoint as ckpt
+    from trainhub.cli import main
+
+    class Bad:
+        @hookimpl
+        def trainhub_step_end(self, run, step, metrics):
+            if step == 3:
+                raise ValueError("boom\nsecond line")
+
+    trainhub_register(Bad(), name="bad")
+    run = tmp_path / "r"
+    args = ["run", "tiny", "--run-dir", str(run), "train.max_steps=6", "loader.num_workers=0", "loggers.console.progress_bar=false"]
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    saved = run / "checkpoints" / "checkpoint-3"
+    assert err[-1] == (f"trainhub: error: plugin 'bad' failed in trainhub_step_end: ValueError: boom second line; fix or "
+                       f"uninstall it, or set plugin_errors=disable to train on without it; saved {saved} first; resume "
+                       f"with --resume auto")
+    assert "Traceback" not in "\n".join(err) and ckpt.read_state(saved)["step"] == 3  # nothing lost
+    assert main(args + ["--resume", "auto", "plugin_errors=disable"]) == 0
+    assert ckpt.read_state(ckpt.latest(run / "checkpoints"))["step"] == 6

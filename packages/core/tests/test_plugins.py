@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +24,7 @@ def _pip_install(name: str, target: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return {n: _pip_install(n, tmp_path_factory.mktemp(n)) for n in ("good", "broken", "dup")}
+    return {n: _pip_install(n, tmp_path_factory.mktemp(n)) for n in ("good", "broken", "dup", "exits")}
 
 
 def _plugins(monkeypatch: pytest.MonkeyPatch, installed: dict[str, Path], *names: str) -> Plugins:
@@ -53,6 +54,20 @@ def test_broken_plugin_is_reported_and_others_work(monkeypatch, installed):
     assert p.recipe("shifted_tiny")  # the good one still loaded
     with pytest.raises(PluginError, match="plugins that failed to load: test_broken"):
         p.recipe("nonexistent")
+
+
+def test_a_plugin_calling_sys_exit_on_import_is_reported_and_others_work(monkeypatch, installed):
+    with pytest.warns(UserWarning, match=r"plugin 'test_exits' \(trainhub-test-exits\) failed to load and is skipped: "
+                                         r"it called sys.exit\(3\) while loading"):
+        p = _plugins(monkeypatch, installed, "good", "exits")
+    assert p.recipe("shifted_tiny") and "test_exits" in p.failed
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(installed["exits"]), os.environ.get("PYTHONPATH", "")]),
+           ENV_ALLOW: "test_exits"}
+    env.pop(ENV_DISABLE, None)
+    listed = subprocess.run([sys.executable, "-m", "trainhub", "list"], env=env, capture_output=True, text=True, timeout=300)
+    assert listed.returncode == 0, listed.stderr
+    assert "test_exits     FAILED: trainhub-test-exits: it called sys.exit(3) while loading" in listed.stdout
+    assert listed.stdout.startswith("tiny ")  # `run` loads plugins the same way (it exited 3 too)
 
 
 def test_duplicate_registration_names_both_distributions(monkeypatch, installed):
