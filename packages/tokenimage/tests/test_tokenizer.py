@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from trainhub import UserError
@@ -48,3 +50,14 @@ def test_bad_tokenizer_paths(tmp_path):
     pytest.importorskip("tokenizers")
     with pytest.raises(UserError, match="not a readable"):
         load_tokenizer(str(bad))
+
+
+def test_tokenizer_file_without_the_extra(tmp_path, monkeypatch):
+    """Without the ``tokenizers`` package (the ``[hf]`` extra) an existing file gets the one-line install hint."""
+    monkeypatch.setitem(sys.modules, "tokenizers", None)  # import tokenizers -> ImportError
+    path = tmp_path / "tokenizer.json"
+    path.write_text("{}")
+    with pytest.raises(UserError, match=r"needs the 'tokenizers' package \(pip install 'trainhub-tokenimage\[hf\]'\)"):
+        load_tokenizer(str(path))
+    with pytest.raises(UserError, match="no such file"):
+        load_tokenizer(str(tmp_path / "missing.json"))

@@ -100,14 +100,14 @@ class HFTokenizer(Tokenizer):
     """
 
     def __init__(self, path: str | Path) -> None:
+        p = Path(path)
+        if not p.is_file():  # checked first: a mistyped path is named as such, with or without the extra
+            raise UserError(f"data.tokenizer={path}: no such file (expected a tokenizers JSON file, or 'bytes')")
         try:
             from tokenizers import Tokenizer as _HF
         except ImportError:
             raise UserError(f"data.tokenizer={path}: reading tokenizer files needs the 'tokenizers' package "
                             "(pip install 'trainhub-tokenimage[hf]'); or use data.tokenizer=bytes") from None
-        p = Path(path)
-        if not p.is_file():
-            raise UserError(f"data.tokenizer={path}: no such file (expected a tokenizers JSON file, or 'bytes')")
         try:
             self.hf = _HF.from_file(str(p))
         except Exception as e:  # the Rust library raises plain Exceptions for malformed files
