@@ -154,3 +154,22 @@ def test_two_process_ddp_run_switches_on_the_gan(tiny, tmp_path):
     init = initial_models(tmp_path / "ddp")["discriminator"].state_dict()
     assert same(load_file(str(ckpts / "checkpoint-2" / "discriminator.safetensors")), init)
     assert not same(load_file(str(ckpts / "checkpoint-4" / "discriminator.safetensors")), init)
+
+
+def test_a_damaged_wav_in_a_prepared_folder_is_one_line_naming_it(tiny, tmp_path, capsys):
+    from trainhub_timbre_gan.data import read_pair_list
+    from trainhub_timbre_gan.prepare import prepare
+
+    config = resolve_config(get_plugins().recipe("timbre_gan"), get_plugins(), None, tiny)
+    folder = tmp_path / "prepared"
+    prepare(config.data, folder, progress=False)
+    bad = folder / read_pair_list(folder / "train.txt")[1][0]
+    bad.write_bytes(bad.read_bytes()[:30])  # a degraded wav cut off after preparation
+    capsys.readouterr()
+    assert main(["run", "timbre_gan", "--run-dir", str(tmp_path / "r"), *tiny, f"data.root={folder}", "train.max_steps=2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "Traceback" not in "\n".join(err)
+    assert err[-1].startswith(f"trainhub: error: {bad}: not readable audio (")
+    assert err[-1].endswith(f"the prepared folder is damaged: prepare it again (trainhub prepare timbre_gan --config CFG "
+                            f"--out {folder}) or remove the pair from {folder / 'train.txt'}; saved "
+                            f"{tmp_path / 'r' / 'checkpoints' / 'checkpoint-1'} first; resume with --resume auto")  # met in step 2

@@ -554,6 +554,7 @@ class Trainer:
         tc = self.tc
         accum = self.accum
         self.signals.arm()
+        self.first_step = self.step
         status = "completed"
         batches = self._batches()
         window: dict[str, torch.Tensor] = {}
@@ -641,6 +642,8 @@ class Trainer:
         if not (isinstance(exc, UserError) and not isinstance(exc, (TrainingStopped, DiskError)) and self.between_steps
                 and self.world == 1 and not self.dry_run and self.run_dir is not None):
             return None
+        if self.step == self.first_step:
+            return None  # nothing trained yet in this run
         if self.saved_step == self.step:
             return f"{self.last_checkpoint} holds step {self.step}; resume with --resume auto" if self.last_checkpoint else None
         try:

@@ -88,6 +88,7 @@ class TimbreRestoreDataset(Dataset):
             raise UserError(f"pair list not found: {list_file}")
         pairs = read_pair_list(list_file)[: limit if limit and limit > 0 else None]
         root = list_file.parent
+        self.list_file = str(list_file)
         # numpy string arrays, not lists of Python objects: loader workers share them without copy-on-read
         self.degraded = np.array([str(root / d) for d, _ in pairs])
         self.clean = np.array([str(root / c) for _, c in pairs])
@@ -95,9 +96,18 @@ class TimbreRestoreDataset(Dataset):
     def __len__(self) -> int:
         return len(self.clean)
 
+    def _read(self, path: str) -> np.ndarray:
+        try:
+            return read_audio(path)[0]
+        except Exception as exc:  # LibsndfileError, a truncated or overwritten file after preparation
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            raise UserError(f"{path}: not readable audio ({reason}); the prepared folder is damaged: prepare it again "
+                            f"(trainhub prepare timbre_gan --config CFG --out {Path(self.list_file).parent}) or remove the "
+                            f"pair from {self.list_file}") from None
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        degraded, _ = read_audio(self.degraded[i])
-        clean, _ = read_audio(self.clean[i])
+        degraded = self._read(self.degraded[i])
+        clean = self._read(self.clean[i])
         if degraded.shape != clean.shape:
             raise UserError(f"{self.degraded[i]}: shape {degraded.shape} differs from its clean file {self.clean[i]} {clean.shape}")
         return torch.from_numpy(degraded[:1]), torch.from_numpy(clean[:1])
