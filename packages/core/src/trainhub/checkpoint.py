@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import random
 import re
@@ -142,13 +141,14 @@ def state_groups(models: dict[str, nn.Module], emas: dict[str, Any],
 def nonfinite(groups: dict[str, dict[str, torch.Tensor]]) -> dict[str, str]:
     """``{group: first tensor holding a NaN or an infinity}`` for the groups that hold one.
 
-    One fused reduction per group and device/dtype (``torch._foreach_norm`` with ord=inf: the largest
-    magnitude, which a NaN or an infinity makes non-finite and which, unlike a 2-norm, does not overflow on
-    large finite values) and one host sync in all. Measured on a DiT-S-sized state (33M parameters: weights,
-    EMA and both AdamW moments, 0.53 GB of fp32) on a loaded 2-core CPU: MEASURED_CPU; writing the same
-    state takes MEASURED_WRITE.
-    """
-    flags: list[torch.Tensor] = []  # one 0-dim "all finite" per group and device/dtype
+    One fused 2-norm per group and device/dtype (``torch._foreach_norm``) and one host sync in all: a NaN or
+    an infinity anywhere makes the norm non-finite. A norm can also overflow on large finite values (weights
+    near 1e20, Adam's second moments of huge gradients), so a non-finite one is confirmed element by element
+    before anything is called non-finite (that failure path only). The 2-norm because it is fast on CPU too:
+    on 0.24 GB of fp32 (one thread, loaded 2-core machine) 32 ms, where the max-abs norm (ord=inf) and a loop of
+    ``isfinite().all()`` took 430 ms. On a DiT-S-sized state (39M parameters: weights, EMA, both AdamW moments,
+    0.62 GB, 610 tensors, same conditions) the whole check takes 77 ms and writing that state 2.7 s."""
+    flags: list[torch.Tensor] = []  # one 0-dim norm per group and device/dtype
     owner: list[str] = []
     for name, tensors in groups.items():
         kinds: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
@@ -156,16 +156,18 @@ def nonfinite(groups: dict[str, dict[str, torch.Tensor]]) -> dict[str, str]:
             if t.is_floating_point() and t.numel():
                 kinds.setdefault((t.device, t.dtype), []).append(t.detach())
         for ts in kinds.values():
-            flags.append(torch.stack(torch._foreach_norm(ts, math.inf)).isfinite().all())
+            flags.append(torch.stack(torch._foreach_norm(ts, 2)).isfinite().all())
             owner.append(name)
     if not flags:
         return {}
     device = flags[0].device
     finite = torch.stack([f.to(device) for f in flags]).tolist()  # the one host sync
-    bad = sorted({n for n, ok in zip(owner, finite) if not ok}, key=list(groups).index)
+    suspects = sorted({n for n, ok in zip(owner, finite) if not ok}, key=list(groups).index)
     out = {}
-    for name in bad:  # the failure path only: name the first offending tensor
-        out[name] = next((k for k, t in groups[name].items() if t.is_floating_point() and not bool(t.isfinite().all())), "?")
+    for name in suspects:  # an overflowing norm, or really a NaN/inf: look at the elements, name the first tensor
+        first = next((k for k, t in groups[name].items() if t.is_floating_point() and not bool(t.isfinite().all())), None)
+        if first is not None:
+            out[name] = first
     return out
 
 
