@@ -160,10 +160,12 @@ class RunDir:
 
     def close(self) -> None:
         """Release the lock; a run that never started leaves no directory it created behind."""
+        discard = self.created and not self.accepted
+        if discard and self.lock.fd is not None:
+            storage.remove(self.lock.path)  # while holding it: a waiting run that opened it retries (RunLock.acquire)
         self.lock.release()
-        if self.created and not self.accepted:
-            storage.remove(self.path / LOCK_FILE)
+        if discard:
             try:
                 self.path.rmdir()
-            except OSError:
+            except OSError:  # not empty: something else is in it now
                 pass
