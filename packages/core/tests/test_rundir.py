@@ -64,12 +64,23 @@ def test_a_new_run_never_writes_where_checkpoints_are(tmp_path, quiet):
     a = train("tiny", overrides=quiet + ["train.max_steps=1", "output_dir=" + str(tmp_path)])
     b = train("tiny", overrides=quiet + ["train.max_steps=1", "output_dir=" + str(tmp_path)])
     assert a.run_dir != b.run_dir and a.run_dir.parent == b.run_dir.parent
-    # resuming an older checkpoint in place would overwrite the newer ones one by one
-    train("tiny", overrides=quiet + ["train.max_steps=6", "train.checkpoint_every=2", "train.keep_last=5"], run_dir=tmp_path / "k")
-    older = tmp_path / "k" / "checkpoints" / "checkpoint-2"
-    with pytest.raises(UserError, match=r"cannot resume .*checkpoint-2 in .*k: the run already went on to checkpoint-4, "
-                                        r"checkpoint-6, .*--resume .*checkpoint-2 --run-dir NEW_DIR"):
-        train("tiny", overrides=quiet + ["train.max_steps=6"], resume=older)
+
+
+def test_resuming_an_earlier_checkpoint_in_place_moves_the_replaced_ones_aside(tmp_path, quiet, capsys):
+    run, root = tmp_path / "k", tmp_path / "k" / "checkpoints"
+    args = quiet + ["train.max_steps=6", "train.checkpoint_every=2", "train.keep_last=5", "train.eval_every=6"]
+    train("tiny", overrides=args, run_dir=run)
+    assert json.loads((run / "best.json").read_text())["checkpoint"] == "checkpoint-6"
+    replaced = {n: (root / n / "model.safetensors").read_bytes() for n in ("checkpoint-4", "checkpoint-6")}
+    capsys.readouterr()
+    train("tiny", overrides=args + ["train.max_steps=3"], resume=root / "checkpoint-2")  # another future from step 2
+    [aside] = root.glob("replaced-*")
+    assert f"trainhub: resuming at step 2 replaces what this run did after it: checkpoint-4, checkpoint-6 moved to {aside}" \
+        in capsys.readouterr().out
+    assert {n: (aside / n / "model.safetensors").read_bytes() for n in replaced} == replaced  # kept, not deleted
+    assert [p.name for _, p in ckpt.list_checkpoints(root)] == ["checkpoint-2", "checkpoint-3"]
+    assert ckpt.latest(root).name == "checkpoint-3"
+    assert json.loads((run / "best.json").read_text())["checkpoint"] == "checkpoint-3"  # this history's best
 
 
 def test_a_refused_resume_changes_nothing_in_the_run(tmp_path, quiet):

@@ -150,14 +150,16 @@ def test_too_many_nonfinite_in_a_row_stops_naming_the_newest_good_checkpoint(tmp
     good = root / "checkpoint-2"
     assert str(e.value) == (f"3 non-finite steps in a row at step 5 (train.max_nonfinite=3): lower train.lr, check the data, "
                             f"or use precision bf16/fp32; newest good checkpoint: {good} (checkpoint-4, checkpoint-5 hold the "
-                            f"weights that gave the non-finite steps); continue from it with --resume {good} --run-dir NEW_DIR")
+                            f"weights that gave the non-finite steps); continue from it with --resume {good}")
     assert sorted(p.name for p in root.iterdir()) == ["checkpoint-2", "checkpoint-4", "checkpoint-5"]
     # skipped steps advance the step counter but never the weights
     a, b = load_file(str(root / "checkpoint-4" / "model.safetensors")), load_file(str(root / "checkpoint-5" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) and torch.isfinite(a[k]).all() for k in a)
     res = train("tiny", overrides=quiet + ["train.max_steps=10", "train.checkpoint_every=1", "train.keep_last=2"],
-                run_dir=tmp_path / "new", resume=good)  # the advice, followed
+                resume=good)  # the advice, followed: the bad checkpoints move aside
     assert res.status == "completed" and res.step == 10
+    [aside] = root.glob("replaced-*")
+    assert sorted(p.name for p in aside.iterdir()) == ["checkpoint-4", "checkpoint-5"]
 
 
 def test_resume_refuses_a_different_batch_layout(tmp_path, quiet):

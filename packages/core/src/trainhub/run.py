@@ -263,7 +263,7 @@ def _train(recipe: str | Recipe, config_file: Optional[str | Path], overrides: O
             owner.write_text("config.yaml", C.to_yaml(config))
             if trainer.auto_batch_record is not None:
                 owner.write_text("auto_batch_size.json", json.dumps(trainer.auto_batch_record, indent=2))
-            owner.accept()
+            owner.accept(trainer.step)
         info.models = trainer.raw_models
         info.max_steps, info.step, info.epoch = trainer.max_steps, trainer.step, trainer.epoch
         if is_main and not dry_run:

@@ -98,32 +98,27 @@ def checkpoint_dirs(run_dir: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("checkpoint-") and "." not in p.name)
 
 
-def check_target(run_dir: Path, resume_from: Optional[Path]) -> None:
-    """Refuse to write where another run's checkpoints would mix with this one's.
+def check_target(run_dir: Path, resume_from: Optional[Path]) -> list[Path]:
+    """Refuse to write where another run's checkpoints would mix with this one's; returns the checkpoints of
+    this run that are newer than ``resume_from`` (its replaced future, see :meth:`RunDir.accept`).
 
     A new run needs a directory without checkpoints (pruning by step number would otherwise delete the new
     run's checkpoints and leave the old run's for ``--resume auto``). A resumed run continues in its own
-    directory only from its newest checkpoint: newer ones belong to a future this run would overwrite piece
-    by piece.
+    directory, or in one without checkpoints.
     """
     from trainhub import checkpoint as ckpt
 
     existing = checkpoint_dirs(run_dir)
     if not existing:
-        return
+        return []
     if resume_from is None:
         raise UserError(f"run directory {run_dir} already holds checkpoints of an earlier run (newest: {existing[-1].name}); "
                         f"continue it with --resume auto, or choose another --run-dir or run_name")
-    own = resume_from.resolve().parent == (run_dir / "checkpoints").resolve()
-    if not own:
+    if resume_from.resolve().parent != (run_dir / "checkpoints").resolve():
         raise UserError(f"run directory {run_dir} already holds checkpoints of another run; resume {resume_from} into "
                         f"an empty --run-dir")
     step = ckpt.read_state(resume_from)["step"]
-    newer = [p.name for s, p in ckpt.list_checkpoints(run_dir / "checkpoints") if s > step]
-    if newer:
-        raise UserError(f"cannot resume {resume_from} in {run_dir}: the run already went on to {', '.join(newer[-3:])}, "
-                        f"which this run would overwrite one by one; continue it elsewhere with --resume {resume_from} "
-                        f"--run-dir NEW_DIR, or delete the newer checkpoints")
+    return [p for s, p in ckpt.list_checkpoints(run_dir / "checkpoints") if s > step]
 
 
 class RunDir:
@@ -134,6 +129,7 @@ class RunDir:
         self.lock = RunLock(path)
         self.created = False
         self.accepted = False
+        self.newer: list[Path] = []  # checkpoints after the one resumed from: the future this run replaces
 
     def open(self, resume_from: Optional[Path]) -> None:
         check_target(self.path, resume_from)
@@ -141,7 +137,7 @@ class RunDir:
         with storage.writing(self.path):
             self.path.mkdir(parents=True, exist_ok=True)
         self.lock.acquire()
-        check_target(self.path, resume_from)  # again under the lock: another run may have written meanwhile
+        self.newer = check_target(self.path, resume_from)  # again under the lock: another run may have written meanwhile
 
     def write_text(self, name: str, text: str) -> None:
         """Write ``<run>/<name>`` atomically (temporary name, fsync, rename)."""
@@ -154,8 +150,28 @@ class RunDir:
                 os.fsync(f.fileno())
             os.replace(tmp, path)
 
-    def accept(self) -> None:
-        """The run starts: what it writes from now on stays."""
+    def accept(self, step: int) -> None:
+        """The run starts at ``step``: what it writes from now on stays.
+
+        Resumed from an earlier checkpoint than the newest, it replaces what came after: the newer checkpoints
+        move to ``checkpoints/replaced-<time>/``, out of reach of ``--resume auto`` and of pruning (which would
+        otherwise mix the two histories) but not deleted, and ``best.json`` no longer names one of them."""
+        if self.newer:
+            aside = self.path / "checkpoints" / f"replaced-{time.strftime('%Y%m%d-%H%M%S')}"
+            with storage.writing(aside):
+                aside.mkdir()
+                for p in self.newer:
+                    os.replace(p, aside / p.name)
+            best = self.path / "best.json"
+            try:
+                named = json.loads(best.read_text()).get("checkpoint") if best.is_file() else None
+            except (OSError, ValueError):
+                named = None
+            if named in {p.name for p in self.newer}:
+                storage.remove(best)  # written again at the next best eval
+            print(f"trainhub: resuming at step {step} replaces what this run did after it: "
+                  f"{', '.join(p.name for p in self.newer[-3:])}{', ...' if len(self.newer) > 3 else ''} moved to {aside}",
+                  flush=True)
         self.accepted = True
 
     def close(self) -> None:

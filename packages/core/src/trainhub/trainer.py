@@ -533,7 +533,7 @@ class Trainer:
             return f"no checkpoint of this run is known good{shown}; start again"
         if not after:
             return f"newest good checkpoint: {good}"
-        return f"newest good checkpoint: {good}{shown}; continue from it with --resume {good} --run-dir NEW_DIR"
+        return f"newest good checkpoint: {good}{shown}; continue from it with --resume {good}"
 
     # ---- the loop ----------------------------------------------------------------------------------
     def autocast(self) -> contextlib.AbstractContextManager:
