@@ -17,7 +17,6 @@ from trainhub import config as C
 from trainhub import hookimpl
 from trainhub.builtin import TinyRecipe
 from trainhub.errors import UserError
-from trainhub.recipe import Recipe
 from trainhub.run import train
 from trainhub.testing import read_metrics_file
 
