@@ -164,7 +164,7 @@ def test_import_official_released_weights(tmp_path, micro) -> None:
 
     get_plugins().recipe("dit").command(["import-official", "--checkpoint", str(tmp_path / "DiT-Ti-8-64x64.pt"), "--out", str(tmp_path / "imp"),
                                  "--model", "DiT-Ti/8", "--image-size", "64", "--num-classes", "10"])
-    _, config, models, _ = _load_for_inference("dit", str(tmp_path / "imp"), True, [])
+    _, config, models, _ = _load_for_inference("sample", "dit", str(tmp_path / "imp"), True, [])
     assert config.model.input_size == 8 and config.data.space == "latent"
     assert all(torch.equal(a, b) for a, b in zip(models["model"].state_dict().values(), net.state_dict().values()))
 
@@ -186,7 +186,7 @@ def test_import_official_training_checkpoint_keeps_its_ema(tmp_path, micro) -> N
     state = json.loads((tmp_path / "imp" / "checkpoints" / "checkpoint-300" / "training_state.json").read_text())
     assert state["step"] == 300
     for use_ema, expect in ((True, ema), (False, sd)):
-        _, config, models, _ = _load_for_inference("dit", str(tmp_path / "imp"), use_ema, [])
+        _, config, models, _ = _load_for_inference("sample", "dit", str(tmp_path / "imp"), use_ema, [])
         assert (config.model.name, config.model.input_size, config.model.num_classes) == ("DiT-Ti/8", 8, 10)
         got = models["model"].state_dict()
         assert all(torch.equal(got[k], v) for k, v in expect.items())

@@ -154,11 +154,16 @@ def cmd_run(args: argparse.Namespace, overrides: list[str]) -> int:
         return _launch_torchrun(args)
     from trainhub import signals
 
-    with signals.installed():  # before the slow imports: Ctrl-C during start-up is one line and exit 0
-        from trainhub.run import main_entry
+    stop: Optional[signals.StopSignals] = None
+    try:
+        with signals.installed() as stop:  # before the slow imports: Ctrl-C during start-up is one line and exit 0
+            from trainhub.run import main_entry
 
-        return main_entry(args.recipe, config_file=args.config, overrides=overrides, run_dir=args.run_dir,
-                          resume=args.resume, dry_run=args.dry_run)
+            return main_entry(args.recipe, config_file=args.config, overrides=overrides, run_dir=args.run_dir,
+                              resume=args.resume, dry_run=args.dry_run)
+    finally:
+        if stop is not None and stop.requested is not None:  # answered a signal: exiting now
+            signals.ignore_until_exit()
 
 
 def _launch_torchrun(args: argparse.Namespace) -> int:

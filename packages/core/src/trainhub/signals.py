@@ -107,3 +107,15 @@ def installed() -> Iterator[StopSignals]:
     finally:
         _active.restore()
         _active = None
+
+
+def ignore_until_exit() -> None:
+    """The run answered a signal and the process is about to exit: ignore SIGINT/SIGTERM from here on.
+
+    A keypress often arrives twice within milliseconds (see the module docstring); a small run saves and ends
+    faster than that, and the repeat would otherwise land in the interpreter's shutdown as a KeyboardInterrupt
+    traceback. Only for a process that exits next (the CLI), never inside a library call."""
+    for sig in _SIGNALS:
+        with contextlib.suppress(ValueError):  # not the main thread
+            signal.signal(sig, signal.SIG_IGN)
+
