@@ -3,7 +3,7 @@
 Models: DiT-XL/2 at batch 32 and DiT-B/2 at batch 64 (1000 classes, learned sigma), the recipe's own diffusion loss
 (hybrid MSE + VLB over the linear 1000-step schedule) on both sides.
 
-- trainhub: ``trainhub.run.train`` with bf16 autocast (precision auto on CUDA), fused AdamW, foreach EMA, TF32,
+- trainhub: ``trainhub.training.run.train`` with bf16 autocast (precision auto on CUDA), fused AdamW, foreach EMA, TF32,
   optional ``--compile``; batch x 1 accumulation, max_grad_norm 1.0.
 - plain: what the official train.py does: fp32 with TF32 matmuls, ``torch.optim.AdamW(lr=1e-4, weight_decay=0)``,
   no clipping, a per-parameter EMA update (``mul_``/``add_`` per tensor) every step, an ordinary DataLoader.
@@ -30,9 +30,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from trainhub import hookimpl
 from trainhub.recipe import StepContext
-from trainhub.run import resolve_config
-from trainhub.throughput import StepClock, count_flops, device_peak, measured_matmul_peak, mfu, timed_train
-from trainhub.trainer import to_device
+from trainhub.training.run import resolve_config
+from trainhub.training.flops import count_flops, device_peak, measured_matmul_peak, mfu
+from harness import StepClock, timed_train
+from trainhub.training.trainer import to_device
 from trainhub_dit.recipe import DiTRecipe
 
 VIRTUAL_LEN = 1_000_000  # no epoch boundary inside the timed window

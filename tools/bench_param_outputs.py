@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 
 from trainhub.plugins import get_plugins
-from trainhub.run import train
-from trainhub.throughput import StepClock
+from trainhub.training.run import train
+from harness import StepClock
 
 
 def run(enabled: bool, args: argparse.Namespace, device: torch.device) -> tuple[list[float], list[float], list[float]]:

@@ -3,7 +3,7 @@
 Network: the SR3 UNet at 16->128 (inner 64, multipliers 1,2,4,8,8, attention at 16, 2 res blocks, 97.8M
 parameters), the recipe's own ``train_step`` (continuous noise level, L1 on the noise) on both sides.
 
-- trainhub: ``trainhub.run.train`` with bf16 autocast (precision auto on CUDA), channels_last, fused AdamW,
+- trainhub: ``trainhub.training.run.train`` with bf16 autocast (precision auto on CUDA), channels_last, fused AdamW,
   foreach EMA, TF32, optional ``--compile``.
 - plain: fp32 (PyTorch's default TF32 flags), ``torch.optim.AdamW`` with its defaults, clipping, a
   per-parameter EMA, an ordinary DataLoader: what a reference ``train.py`` does.
@@ -31,9 +31,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from trainhub import hookimpl
 from trainhub.recipe import StepContext
-from trainhub.run import resolve_config
-from trainhub.throughput import StepClock, count_flops, device_peak, measured_matmul_peak, mfu, timed_train
-from trainhub.trainer import to_device
+from trainhub.training.run import resolve_config
+from trainhub.training.flops import count_flops, device_peak, measured_matmul_peak, mfu
+from harness import StepClock, timed_train
+from trainhub.training.trainer import to_device
 from trainhub_sr3.data import EmbeddedPhotos
 from trainhub_sr3.diffusion import training_loss
 from trainhub_sr3.recipe import SR3Recipe, build_unet, schedules
@@ -147,7 +148,7 @@ class EvalAtEnd:
 
 def trainhub_loop(recipe: SR3Recipe, overrides: list[str], config: Any, device: torch.device, steps: int,
                   warmup: int) -> tuple[list[float], float, float]:
-    """The same steps through ``trainhub.run.train``; returns (step seconds, peak MB, eval loss)."""
+    """The same steps through ``trainhub.training.run.train``; returns (step seconds, peak MB, eval loss)."""
     scorer = EvalAtEnd(config, device)
     run = timed_train(recipe, overrides + [f"train.max_steps={steps + warmup + 1}"], device, warmup, plugins=(scorer,))
     return run.wall, run.peak_mb, scorer.loss

@@ -6,7 +6,7 @@ into a fresh folder; wall time from launch to the last exit, and the children's 
 (Python + torch import + plugin loading) is measured separately with an empty job and shown. The two outputs are
 checked to be identical lists.
 
-Training: ``trainhub.run.train`` on the embedded default data (prepared into the cache on first use), the
+Training: ``trainhub.training.run.train`` on the embedded default data (prepared into the cache on first use), the
 reconstruction-only phase (before ``gan.gan_start_epoch``: generator only) and the GAN phase (discriminator and
 generator optimizers every step), median step time after a warm-up, samples/s, achieved GFLOP/s (FLOPs counted by
 the trainer on the first step), and MFU on CUDA.
@@ -75,7 +75,7 @@ def bench_prep(files: int, shards: int, seconds: float) -> list[dict[str, Any]]:
 
 
 def bench_train(device: str, tiny: bool, batch: int | None, steps: int, warmup: int, compile_: bool, precision: str) -> list[dict[str, Any]]:
-    from trainhub.throughput import timed_train
+    from harness import timed_train
 
     dev = torch.device(device)
     rows = []

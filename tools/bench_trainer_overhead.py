@@ -36,7 +36,7 @@ class PlainLoop:
     def __init__(self, args: argparse.Namespace, device: torch.device) -> None:
         from torch.utils.data import DataLoader
 
-        from trainhub.builtin import SyntheticRegression, TinyMLP
+        from trainhub.builtin.tiny import SyntheticRegression, TinyMLP
 
         self.device = device
         self.model = TinyMLP(args.dim, args.hidden, args.depth, 0.0).to(device)
@@ -88,7 +88,7 @@ class Interleave:
 def run_once(args: argparse.Namespace) -> tuple[list[float], list[float]]:
     """One trainhub run with the plain loop interleaved; (trainhub, plain) step times after the warm-up."""
     from trainhub.plugins import get_plugins
-    from trainhub.run import train
+    from trainhub.training.run import train
 
     torch.manual_seed(0)
     probe = Interleave(PlainLoop(args, torch.device(args.device)))

@@ -6,7 +6,7 @@ preset's model section and timed on random clips of ``--size`` pixels and the pr
 CUDA, fp32 on CPU): median forward+backward time after warm-up, clips/s, and peak GPU memory on CUDA.
 
 Data: a GoPro+Spike-style dataset is simulated (``trainhub prepare vrt_spike simulate``) into a temporary folder,
-then read through core's loader (``trainhub.data.build_loader``: the same sampler, seeding and workers as
+then read through core's loader (``trainhub.training.data.build_loader``: the same sampler, seeding and workers as
 training) for ``--epochs`` epochs in three set-ups: no cache; the LRU cache with a budget of ``--cache-frac`` of
 the decoded dataset and a shuffled order; the same cache with core's grouped sampler (``loader.group_window``).
 Reported: samples/s over all epochs, and the cache hit rate (share of frames served from RAM).
@@ -32,7 +32,7 @@ import torch
 
 def preset_config(name: str, overrides: list[str]) -> Any:
     from trainhub.plugins import get_plugins
-    from trainhub.run import resolve_config
+    from trainhub.training.run import resolve_config
     from trainhub_vrt_spike.seed_config import CONFIG_DIR
 
     plugins = get_plugins()
@@ -80,7 +80,7 @@ def bench_model(presets: list[str], size: int, frames: int, batch: int, device: 
 def bench_data(size: int, sequences: int, frames: int, seq_len: int, crop: int, bins: int, workers: int, epochs: int,
                cache_frac: float, window: int, batch: int) -> list[dict[str, Any]]:
     from trainhub.config import LoaderConfig
-    from trainhub.data import build_loader
+    from trainhub.training.data import build_loader
     from trainhub_vrt_spike import simulate as sim
     from trainhub_vrt_spike.data import SpikeDeblurDataset
 

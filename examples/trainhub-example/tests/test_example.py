@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from trainhub.builtin import TinyRecipe
-from trainhub.run import resolve_config
+from trainhub.builtin.tiny import TinyRecipe
+from trainhub.training.run import resolve_config
 from trainhub_example.loss_spike import LossSpikeAlert, LossSpikeConfig
 from trainhub_example.resmlp import ResidualMLP
 

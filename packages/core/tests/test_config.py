@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from trainhub import config as C
-from trainhub.builtin import TinyConfig
+from trainhub.builtin.tiny import TinyConfig
 from trainhub.errors import ConfigError
 
 
@@ -126,10 +126,10 @@ def test_cli_config_prints_defaults_and_schema(tmp_path):
 
 
 def test_run_config_accepts_the_name_of_a_config_the_recipe_ships(tmp_path, monkeypatch):
-    from trainhub.builtin import TinyRecipe
+    from trainhub.builtin.tiny import TinyRecipe
     from trainhub.errors import UserError
     from trainhub.plugins import get_plugins
-    from trainhub.run import resolve_config, shipped_configs
+    from trainhub.training.run import resolve_config, shipped_configs
 
     pkg = tmp_path / "shipping_recipe"
     (pkg / "configs").mkdir(parents=True)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from trainhub.cli import main
-from trainhub.run import train
+from trainhub.training.run import train
 
 Q = ["loader.num_workers=0", "loggers.console.progress_bar=false"]
 NOT_SAFETENSORS = {"truncated": "not a complete safetensors file (incomplete metadata, file not fully covered)",

@@ -14,9 +14,9 @@ import os
 import pytest
 from safetensors import SafetensorError
 
-from trainhub import checkpoint as ckpt
-from trainhub import rundir
-from trainhub.builtin import TinyRecipe
+from trainhub.training import checkpoint as ckpt
+from trainhub.training import rundir
+from trainhub.builtin.tiny import TinyRecipe
 from trainhub.cli import main
 
 Q = ["loader.num_workers=0", "loggers.console.progress_bar=false"]

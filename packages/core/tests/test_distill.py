@@ -1,4 +1,4 @@
-"""trainhub.distill: which teacher layers a shallower student takes, and the checked copy of the teacher's
+"""trainhub.kit.distill: which teacher layers a shallower student takes, and the checked copy of the teacher's
 weights into the student (all or nothing, one error line naming the keys)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from trainhub import UserError
-from trainhub.distill import DistillConfig, init_from_teacher, spread_layers
+from trainhub.kit.distill import DistillConfig, init_from_teacher, spread_layers
 
 
 def test_spread_layers_every_other_and_parity():

@@ -17,8 +17,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from trainhub import checkpoint as ckpt
-from trainhub.run import train
+from trainhub.training import checkpoint as ckpt
+from trainhub.training.run import train
 
 BASE = ["loader.num_workers=0", "loggers.console.progress_bar=false", "model.dropout=0", "data.jitter=0",
         "data.num_samples=64", "data.val_samples=16", "train.eval_every=3", "train.log_every=1", "train.device=cpu"]
@@ -131,9 +131,9 @@ def test_resume_with_another_world_size_is_refused(tmp_path):
 
 FSDP_SCRIPT = """
 import sys
-from trainhub.distributed import shutdown
+from trainhub.training.distributed import shutdown
 from trainhub.plugins import get_plugins
-from trainhub.run import train
+from trainhub.training.run import train
 from trainhub.testing import StopAt
 
 if sys.argv[2] != "0":

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from trainhub.image_quality import gaussian_window, psnr, ssim
+from trainhub.kit.image_quality import gaussian_window, psnr, ssim
 
 
 def test_psnr_of_a_known_error_and_of_identical_images():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from trainhub.media import labelled_grid
+from trainhub.kit.media import labelled_grid
 
 
 def test_labelled_grid_places_enlarged_tiles_under_their_titles():

@@ -8,10 +8,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from trainhub import checkpoint as ckpt
+from trainhub.training import checkpoint as ckpt
 from trainhub import hookimpl
 from trainhub.errors import TrainingStopped
-from trainhub.run import train
+from trainhub.training.run import train
 
 
 def test_nonfinite_names_each_group_holding_a_nan_or_an_infinity():

@@ -6,12 +6,12 @@ import json
 
 import pytest
 
-from trainhub import analyze
-from trainhub.builtin import TinyRecipe
+from trainhub.observe import analyze
+from trainhub.builtin.tiny import TinyRecipe
 from trainhub.cli import main as cli_main
 from trainhub.errors import UserError
-from trainhub.run import train
-from trainhub.watch import LossRange
+from trainhub.training.run import train
+from trainhub.observe.watch import LossRange
 
 
 class Watched(TinyRecipe):

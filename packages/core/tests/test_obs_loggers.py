@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from trainhub import hookimpl
-from trainhub.builtin import TinyRecipe
-from trainhub.run import train
+from trainhub.builtin.tiny import TinyRecipe
+from trainhub.training.run import train
 
 KEY = "sekret-0123456789abcdef0123456789abcdef01234567"
 
@@ -191,7 +191,7 @@ def test_wandb_media_it_cannot_encode_is_skipped_and_metrics_still_logged(monkey
     import wandb
 
     from trainhub.loggers.wandb import WandbConfig, WandbLogger
-    from trainhub.media import Media
+    from trainhub.kit.media import Media
 
     class Recorder:
         def __init__(self):

@@ -10,9 +10,10 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from trainhub import hookimpl, param_outputs
-from trainhub.builtin import TinyRecipe
-from trainhub.run import train
+from trainhub import hookimpl
+from trainhub.observe import param_outputs
+from trainhub.builtin.tiny import TinyRecipe
+from trainhub.training.run import train
 
 
 class WithSchedule(TinyRecipe):

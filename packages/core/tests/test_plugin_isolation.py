@@ -10,7 +10,7 @@ import pytest
 
 from trainhub import hookimpl
 from trainhub.errors import PluginError
-from trainhub.run import train
+from trainhub.training.run import train
 
 LIFECYCLE = ["trainhub_run_start", "trainhub_step_end", "trainhub_eval_end",
              "trainhub_checkpoint_saved", "trainhub_run_end"]
@@ -93,7 +93,7 @@ def test_stop_mode_fails_the_run_naming_the_plugin_and_tells_the_others(tmp_path
 
 
 def test_a_failing_hook_is_one_line_and_the_run_saves_first(tmp_path, capsys, trainhub_register):
-    from trainhub import checkpoint as ckpt
+    from trainhub.training import checkpoint as ckpt
     from trainhub.cli import main
 
     class Bad:

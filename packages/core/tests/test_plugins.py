@@ -88,7 +88,7 @@ def test_autoload_can_be_disabled_and_restricted(monkeypatch, installed):
 def test_throwaway_plugin_registers_and_receives_lifecycle_hooks(tmp_path, quiet):
     """The pytest/llm style: register a plugin object for one test."""
     from trainhub.plugins import get_plugins
-    from trainhub.run import train
+    from trainhub.training.run import train
 
     seen: list[tuple[str, int]] = []
 
@@ -126,7 +126,7 @@ def test_a_watching_plugin_warns_through_the_run(tmp_path, quiet, trainhub_regis
     """run.warn reaches the console and metrics.jsonl at the trainer's step, like the trainer's own warnings."""
     import json
 
-    from trainhub.run import train
+    from trainhub.training.run import train
 
     class Watch:
         @hookimpl
@@ -143,7 +143,7 @@ def test_a_watching_plugin_warns_through_the_run(tmp_path, quiet, trainhub_regis
 
 def test_failing_hook_names_plugin_and_can_be_disabled(tmp_path, quiet):
     from trainhub.plugins import get_plugins
-    from trainhub.run import train
+    from trainhub.training.run import train
 
     class Bad:
         calls = 0
@@ -171,7 +171,7 @@ def test_tiny_loss_follows_the_config_of_each_run(tmp_path, quiet):
     from torch import nn
 
     from trainhub.plugins import get_plugins
-    from trainhub.run import resolve_config, train
+    from trainhub.training.run import resolve_config, train
 
     plugins = get_plugins()
     recipe = plugins.recipe("tiny")
@@ -182,7 +182,7 @@ def test_tiny_loss_follows_the_config_of_each_run(tmp_path, quiet):
 def test_logger_that_fails_to_start_is_named(tmp_path, quiet, trainhub_register):
     from trainhub.config import Section
     from trainhub.errors import UserError
-    from trainhub.run import train
+    from trainhub.training.run import train
 
     class BrokenConfig(Section):
         enabled: bool = True

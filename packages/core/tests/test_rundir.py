@@ -12,12 +12,12 @@ import time
 
 import pytest
 
-from trainhub import checkpoint as ckpt
+from trainhub.training import checkpoint as ckpt
 from trainhub import config as C
 from trainhub import hookimpl
-from trainhub.builtin import TinyRecipe
+from trainhub.builtin.tiny import TinyRecipe
 from trainhub.errors import UserError
-from trainhub.run import train
+from trainhub.training.run import train
 from trainhub.testing import read_metrics_file
 
 

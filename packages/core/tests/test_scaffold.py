@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from trainhub import cli, plugins, scaffold
+from trainhub import cli, plugins
+from trainhub.kit import scaffold
 from trainhub.errors import UserError
 
 NAME = "scaffold_demo"

@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from trainhub import autobatch
-from trainhub.builtin import TinyRecipe
-from trainhub.run import train
-from trainhub.throughput import count_flops, mfu
+from trainhub.training import autobatch
+from trainhub.builtin.tiny import TinyRecipe
+from trainhub.training.run import train
+from trainhub.training.flops import count_flops, mfu
 
 
 class MemoryLimited(TinyRecipe):
@@ -91,7 +91,7 @@ class Blocky(nn.Module):
 
 def test_activation_checkpointing_recomputes_blocks_with_equal_gradients():
     from trainhub.recipe import Recipe
-    from trainhub.trainer import checkpoint_blocks
+    from trainhub.training.trainer import checkpoint_blocks
 
     torch.manual_seed(0)
     a = Blocky()
@@ -107,27 +107,3 @@ def test_activation_checkpointing_recomputes_blocks_with_equal_gradients():
     assert len(calls) == 6  # three blocks, each run again during backward
     for (n, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters()):
         torch.testing.assert_close(pa.grad, pb.grad)
-
-
-def test_timed_train_clocks_the_steps_after_warmup_and_unregisters_its_plugins(quiet):
-    from trainhub import hookimpl
-    from trainhub.plugins import get_plugins
-    from trainhub.throughput import timed_train
-
-    class Seen:
-        def __init__(self):
-            self.steps = []
-
-        @hookimpl
-        def trainhub_step_end(self, run, step, metrics):
-            self.steps.append(step)
-
-    pm = get_plugins().pm
-    before = len(pm.get_plugins())
-    seen = Seen()
-    res = timed_train("tiny", quiet + ["train.max_steps=6", "train.log_every=3", "train.batch_size=4"], torch.device("cpu"),
-                      warmup=2, plugins=(seen,))
-    assert seen.steps == [1, 2, 3, 4, 5, 6]
-    assert len(res.wall) == len(res.cpu) == 3 and all(t > 0 for t in res.wall)  # marks of steps 3..6 -> 3 intervals
-    assert res.last_train["step"] == 6 and res.config["train"]["batch_size"] == 4 and res.peak_mb == 0.0
-    assert len(pm.get_plugins()) == before

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from trainhub import checkpoint as ckpt
+from trainhub.training import checkpoint as ckpt
 
 HATCH_TOML = Path(__file__).resolve().parents[3] / "hatch.toml"
 FAST = ["loader.num_workers=0", "loggers.console.progress_bar=false", "train.eval_every=0"]
@@ -67,7 +67,7 @@ def test_ctrl_c_under_hatch_run_is_one_request_and_exit_0(tmp_path):
 SLOW_PLUGIN = '''
 import os, time
 from trainhub import hookimpl
-from trainhub.builtin import TinyRecipe
+from trainhub.builtin.tiny import TinyRecipe
 
 class SlowStart(TinyRecipe):
     name = "slow_tiny"  # the built-in tiny, with a start-up that waits for a signal
@@ -95,8 +95,8 @@ def _slow_plugin(root: Path) -> Path:
 
 @pytest.mark.parametrize("sig, resumed", [(signal.SIGINT, False), (signal.SIGTERM, True)])
 def test_a_signal_during_start_up_is_one_line_and_exit_0(tmp_path, sig, resumed):
-    from trainhub.builtin import TinyRecipe
-    from trainhub.run import train
+    from trainhub.builtin.tiny import TinyRecipe
+    from trainhub.training.run import train
 
     class SlowTiny(TinyRecipe):
         name = "slow_tiny"

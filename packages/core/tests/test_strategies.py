@@ -9,10 +9,10 @@ import torch.nn.functional as F
 from pydantic import Field
 from safetensors.torch import load_file
 
-from trainhub.builtin import TinyConfig, TinyRecipe
-from trainhub.data import GroupedSampler
-from trainhub.distill import DistillConfig, load_teacher
-from trainhub.run import train
+from trainhub.builtin.tiny import TinyConfig, TinyRecipe
+from trainhub.training.data import GroupedSampler
+from trainhub.kit.distill import DistillConfig, load_teacher
+from trainhub.training.run import train
 from trainhub.testing import assert_same_weights
 
 
@@ -110,7 +110,7 @@ def test_frozen_teacher_is_untouched_and_student_checkpoint_is_ordinary(tmp_path
     after = load_file(str(teacher.last_checkpoint / "ema.safetensors"))
     assert all(torch.equal(before[k], after[k]) for k in before)
     # the student checkpoint loads into a plain student model
-    from trainhub import checkpoint as ckpt
-    from trainhub.builtin import TinyMLP
+    from trainhub.training import checkpoint as ckpt
+    from trainhub.builtin.tiny import TinyMLP
 
     ckpt.load_models(student.last_checkpoint, {"model": TinyMLP(8, 16, 2, 0.1)}, ema=True)

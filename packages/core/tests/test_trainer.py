@@ -14,10 +14,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from trainhub import checkpoint as ckpt
-from trainhub.builtin import TinyRecipe
+from trainhub.training import checkpoint as ckpt
+from trainhub.builtin.tiny import TinyRecipe
 from trainhub.errors import TrainingStopped, UserError
-from trainhub.run import train
+from trainhub.training.run import train
 
 
 def _weights(ckpt_dir: Path) -> dict[str, torch.Tensor]:
@@ -183,7 +183,7 @@ def test_epochs_and_linear_schedule(tmp_path, quiet):
 
 
 def test_ema_skips_non_persistent_buffers_so_ema_weights_load():
-    from trainhub.ema import EMA
+    from trainhub.training.ema import EMA
 
     class WithTable(torch.nn.Module):
         def __init__(self):
@@ -275,7 +275,7 @@ class _ForeignTiny(TinyRecipe):
 
 @pytest.mark.parametrize("with_ema", [True, False])
 def test_foreign_resume_restores_the_ema_it_is_given(tmp_path, quiet, capsys, with_ema):
-    from trainhub.builtin import TinyMLP
+    from trainhub.builtin.tiny import TinyMLP
 
     net = TinyMLP()
     weights = {k: torch.full_like(v, 0.5) for k, v in net.state_dict().items()}

@@ -12,7 +12,7 @@ fe = pytest.importorskip("torch_fidelity.feature_extractor_inceptionv3")
 pytest.importorskip("torchmetrics.image.fid")
 
 from trainhub import UserError  # noqa: E402
-from trainhub.run import train  # noqa: E402
+from trainhub.training.run import train  # noqa: E402
 from trainhub_dit.metrics import fid, fid_unavailable  # noqa: E402
 
 

@@ -11,7 +11,7 @@ import torch
 from trainhub import UserError
 from trainhub.config import strip_json_comments
 from trainhub.plugins import get_plugins
-from trainhub.run import resolve_config
+from trainhub.training.run import resolve_config
 
 DATA = Path(__file__).parent / "data"
 REFERENCE_OBJECTIVE = ["model.unet.noise_encoding=sqrt_gamma", "model.prediction=eps", "model.residual=false"]
@@ -96,7 +96,7 @@ def test_param_logging_section_maps_to_the_parameter_monitor(tmp_path):
 
 
 def test_foreign_resume_from_reference_prefix(tmp_path, tiny, capsys):
-    from trainhub.run import train
+    from trainhub.training.run import train
     from trainhub_sr3 import compat
     from trainhub_sr3.recipe import build_unet
 

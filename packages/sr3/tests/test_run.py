@@ -9,7 +9,7 @@ import sys
 import torch
 from PIL import Image
 
-from trainhub.run import train
+from trainhub.training.run import train
 from trainhub.testing import assert_same_weights
 
 

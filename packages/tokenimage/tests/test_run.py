@@ -12,7 +12,7 @@ from PIL import Image
 
 from trainhub import UserError
 from trainhub.cli import main as cli
-from trainhub.run import train
+from trainhub.training.run import train
 from trainhub.testing import assert_same_weights
 from trainhub_tokenimage.codec import TokenCodec
 from trainhub_tokenimage.recipe import render_text

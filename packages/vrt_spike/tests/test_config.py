@@ -10,7 +10,7 @@ import pytest
 
 from trainhub import UserError
 from trainhub.plugins import get_plugins
-from trainhub.run import resolve_config
+from trainhub.training.run import resolve_config
 from trainhub_vrt_spike.seed_config import CONFIG_DIR
 
 DATA = Path(__file__).parent / "data"

@@ -15,9 +15,9 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from trainhub import UserError
-from trainhub.checkpoint import load_models
+from trainhub.training.checkpoint import load_models
 from trainhub.plugins import get_plugins
-from trainhub.run import resolve_config, train
+from trainhub.training.run import resolve_config, train
 from trainhub.testing import assert_same_weights
 from trainhub_vrt_spike.recipe import VRTSpikeRecipe, build_model, init_student
 

@@ -51,7 +51,7 @@ __all__ = [
 
 
 def train(*args, **kwargs):  # type: ignore[no-untyped-def]
-    """Run a recipe programmatically; see :func:`trainhub.run.train`."""
-    from trainhub.run import train as _train
+    """Run a recipe programmatically; see :func:`trainhub.training.run.train`."""
+    from trainhub.training.run import train as _train
 
     return _train(*args, **kwargs)

@@ -84,7 +84,7 @@ def error_line(e: BaseException) -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    from trainhub.signals import Interrupted
+    from trainhub.training.signals import Interrupted
 
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -102,7 +102,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print("trainhub: interrupted", file=sys.stderr)
         return 130
     except OSError as e:  # a full or read-only disk wherever it shows up (recipes' and plugins' own files too)
-        from trainhub.storage import explain
+        from trainhub.training.storage import explain
 
         reason = explain(e, Path(e.filename or "."))
         if reason is None:
@@ -152,12 +152,12 @@ def _recipe_command(name: str, args: list[str], parser: argparse.ArgumentParser)
 def cmd_run(args: argparse.Namespace, overrides: list[str]) -> int:
     if args.nproc_per_node:
         return _launch_torchrun(args)
-    from trainhub import signals
+    from trainhub.training import signals
 
     stop: Optional[signals.StopSignals] = None
     try:
         with signals.installed() as stop:  # before the slow imports: Ctrl-C during start-up is one line and exit 0
-            from trainhub.run import main_entry
+            from trainhub.training.run import main_entry
 
             return main_entry(args.recipe, config_file=args.config, overrides=overrides, run_dir=args.run_dir,
                               resume=args.resume, dry_run=args.dry_run)
@@ -225,7 +225,7 @@ def cmd_plugins(args: argparse.Namespace, rest: list[str]) -> int:
 def cmd_config(args: argparse.Namespace, rest: list[str]) -> int:
     from trainhub import config as C
     from trainhub.plugins import get_plugins
-    from trainhub.run import config_class_for, resolve_config, shipped_configs
+    from trainhub.training.run import config_class_for, resolve_config, shipped_configs
 
     plugins = get_plugins()
     recipe = plugins.recipe(args.recipe)
@@ -242,7 +242,7 @@ def cmd_config(args: argparse.Namespace, rest: list[str]) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace, rest: list[str]) -> int:
-    from trainhub.doctor import report
+    from trainhub.observe.doctor import report
 
     lines, ok = report(args.dataset, args.cache_gb, args.num_workers)
     print("\n".join(lines))
@@ -250,9 +250,9 @@ def cmd_doctor(args: argparse.Namespace, rest: list[str]) -> int:
 
 
 def _load_for_inference(command: str, recipe_name: str, checkpoint: str, ema: bool, overrides: list[str]) -> tuple[Any, Any, dict, Path]:
-    from trainhub import checkpoint as ckpt
+    from trainhub.training import checkpoint as ckpt
     from trainhub.plugins import get_plugins
-    from trainhub.run import resolve_config
+    from trainhub.training.run import resolve_config
 
     plugins = get_plugins()
     recipe = plugins.recipe(recipe_name)
@@ -280,7 +280,7 @@ def cmd_sample(args: argparse.Namespace, rest: list[str]) -> int:
     recipe.add_sample_arguments(p)
     sargs = p.parse_args(rest[1:])
     recipe, config, models, path = _load_for_inference("sample", recipe_name, sargs.checkpoint, not sargs.no_ema, [])
-    from trainhub.trainer import select_device
+    from trainhub.training.trainer import select_device
 
     device = select_device(sargs.device)
     models = {k: m.to(device).eval() for k, m in models.items()}
@@ -289,7 +289,7 @@ def cmd_sample(args: argparse.Namespace, rest: list[str]) -> int:
     out = Path(sargs.out) if sargs.out else run_dir / "samples" / f"cli-{time.strftime('%Y%m%d-%H%M%S')}"
     import torch
 
-    from trainhub import storage
+    from trainhub.training import storage
 
     with torch.no_grad(), storage.writing(out, where="--out"):
         out.mkdir(parents=True, exist_ok=True)
@@ -312,11 +312,11 @@ def cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
     args, overrides = p.parse_known_args(rest)
     args.overrides = overrides
 
-    from trainhub import checkpoint as ckpt
-    from trainhub.data import build_loader
-    from trainhub.media import MediaWriter
+    from trainhub.training import checkpoint as ckpt
+    from trainhub.training.data import build_loader
+    from trainhub.kit.media import MediaWriter
     from trainhub.recipe import EvalContext
-    from trainhub.trainer import select_device, select_precision
+    from trainhub.training.trainer import select_device, select_precision
 
     recipe, config, models, path = _load_for_inference("eval", args.recipe, args.checkpoint, not args.no_ema, args.overrides)
     device = select_device(config.train.device)
@@ -347,9 +347,9 @@ def cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
 def cmd_export(args: argparse.Namespace, rest: list[str]) -> int:
     from safetensors.torch import save_file
 
-    from trainhub import checkpoint as ckpt
-    from trainhub import storage
-    from trainhub.fsdp import consolidate, is_sharded_checkpoint
+    from trainhub.training import checkpoint as ckpt
+    from trainhub.training import storage
+    from trainhub.training.checkpoint import consolidate, is_sharded_checkpoint
 
     path = ckpt.resolve_checkpoint(args.checkpoint)
     f = path / (ckpt.ema_file(args.model) if args.ema else ckpt.model_file(args.model))
@@ -382,13 +382,13 @@ def cmd_prepare(args: argparse.Namespace, rest: list[str]) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace, rest: list[str]) -> int:
-    from trainhub import analyze
+    from trainhub.observe import analyze
 
     return analyze.main(rest)
 
 
 def cmd_new(args: argparse.Namespace, rest: list[str]) -> int:
-    from trainhub import scaffold
+    from trainhub.kit import scaffold
 
     return scaffold.main(rest)
 

@@ -63,7 +63,7 @@ def trainhub_register_loggers(register: Callable[..., None]) -> None:
 
 @hookspec
 def trainhub_run_start(run: Any) -> None:
-    """The run starts (or resumes). ``run`` is the :class:`trainhub.run.RunInfo`: config, run_dir, models, step."""
+    """The run starts (or resumes). ``run`` is the :class:`trainhub.training.run.RunInfo`: config, run_dir, models, step."""
 
 
 @hookspec
@@ -87,7 +87,7 @@ def trainhub_step_end(run: Any, step: int, metrics: dict[str, float]) -> None:
 
 @hookspec
 def trainhub_eval_end(run: Any, step: int, metrics: dict[str, float], media: list[Any]) -> None:
-    """An evaluation finished. ``media`` lists :class:`trainhub.media.Media` (images, audio) it wrote."""
+    """An evaluation finished. ``media`` lists :class:`trainhub.kit.media.Media` (images, audio) it wrote."""
 
 
 @hookspec

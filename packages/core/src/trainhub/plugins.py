@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata as md
 import os
 import sys
@@ -16,6 +17,8 @@ from trainhub import hookspecs
 from trainhub.errors import PluginError
 
 ENTRY_POINT_GROUP = "trainhub"
+#: Core's own plugin (built-in recipe, losses, loggers), loaded first and always, like an entry point of its own.
+BUILTIN_PLUGIN = "trainhub.builtin"
 #: Set to 1 to load no entry-point plugins (built-ins stay).
 ENV_DISABLE = "TRAINHUB_DISABLE_PLUGIN_AUTOLOAD"
 #: Comma-separated entry-point names: load only these.
@@ -192,10 +195,8 @@ def get_plugins(reload: bool = False) -> Plugins:
     """The process-wide plugin set: built-ins plus installed entry points (loaded once)."""
     global _PLUGINS
     if _PLUGINS is None or reload:
-        from trainhub import builtin
-
         plugins = Plugins()
-        plugins.add(builtin, "trainhub", "trainhub", _version("trainhub"))
+        plugins.add(importlib.import_module(BUILTIN_PLUGIN), "trainhub", "trainhub", _version("trainhub"))
         plugins.load_entry_points()
         _PLUGINS = plugins
     return _PLUGINS

@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 from trainhub.config import RunConfig
 
 if TYPE_CHECKING:
-    from trainhub.media import MediaWriter
+    from trainhub.kit.media import MediaWriter
 
 
 @dataclass
@@ -65,7 +65,7 @@ class StepContext:
 
     def unwrap(self, name: str) -> nn.Module:
         """The plain module behind ``models[name]`` (no DDP/compile wrapper)."""
-        from trainhub.distributed import unwrap
+        from trainhub.training.distributed import unwrap
 
         return unwrap(self.models[name])
 
@@ -142,7 +142,7 @@ class Recipe:
         return {}
 
     def loss_ranges(self, config: RunConfig) -> list[Any]:
-        """Expected ranges of loss terms per phase (:class:`trainhub.watch.LossRange`); the trainer warns
+        """Expected ranges of loss terms per phase (:class:`trainhub.observe.watch.LossRange`); the trainer warns
         once per excursion."""
         return []
 

@@ -7,7 +7,7 @@ Fixtures:
     registrations (recipes, models, losses, ...) and lifecycle hooks are active until the test ends.
 ``run_recipe``
     Train a recipe for a few steps in a temporary directory and check the run directory:
-    ``res = run_recipe("myrecipe", steps=3, overrides=[...])`` returns a :class:`trainhub.run.RunResult`
+    ``res = run_recipe("myrecipe", steps=3, overrides=[...])`` returns a :class:`trainhub.training.run.RunResult`
     after asserting that ``config.yaml``, ``metrics.jsonl`` and a complete checkpoint exist.
 ``check_config_schema``
     ``check_config_schema("myrecipe", files=[path_to_yaml])``: the recipe's config schema is sound
@@ -69,7 +69,7 @@ def assert_config_schema(recipe: Any, files: Iterable[Any] = ()) -> None:
     from trainhub import config as C
     from trainhub.errors import ConfigError
     from trainhub.plugins import get_plugins
-    from trainhub.run import config_class_for
+    from trainhub.training.run import config_class_for
 
     plugins = get_plugins()
     rec = plugins.recipe(recipe) if isinstance(recipe, str) else recipe
@@ -139,7 +139,7 @@ def trainhub_register() -> Iterator[Callable[..., str]]:
 
 @pytest.fixture
 def run_recipe(tmp_path: Path) -> Callable[..., Any]:
-    from trainhub.run import train
+    from trainhub.training.run import train
 
     def run(recipe: Any, steps: int = 3, overrides: Optional[list[str]] = None, run_dir: Optional[Path] = None, **kwargs: Any) -> Any:
         rd = run_dir or tmp_path / f"run-{getattr(recipe, 'name', recipe)}"
@@ -176,7 +176,7 @@ def stop_at(trainhub_register: Callable[..., str]) -> Callable[[int], StopAt]:
 @pytest.fixture
 def interrupt_and_resume(stop_at: Callable[[int], StopAt]) -> Callable[..., Any]:
     def run(recipe: Any, overrides: list[str], run_dir: Path, at: int) -> Any:
-        from trainhub.run import train
+        from trainhub.training.run import train
 
         stop_at(at)
         cut = train(recipe, overrides=overrides, run_dir=run_dir)

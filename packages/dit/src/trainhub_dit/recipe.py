@@ -23,7 +23,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from trainhub import EMAConfig, EvalContext, ForeignResume, Recipe, RunConfig, Section, StepContext, TrainConfig, UserError
-from trainhub.media import make_grid
+from trainhub.kit.media import make_grid
 
 from trainhub_dit import compat
 from trainhub_dit.data import EmbeddedShapes, ImageFiles, coco, custom_folder, image_folder
@@ -367,8 +367,8 @@ class DiTRecipe(Recipe):
 
     def _precompute_latents(self, argv: list[str]) -> None:
         from trainhub.plugins import get_plugins
-        from trainhub.run import resolve_config
-        from trainhub.trainer import select_device
+        from trainhub.training.run import resolve_config
+        from trainhub.training.trainer import select_device
 
         p = argparse.ArgumentParser(prog="trainhub dit precompute-latents", description="Encode a dataset once with the VAE "
                                     "(data.vae) into safetensors shards, each image and its mirror image; train on them with "
@@ -401,9 +401,9 @@ class DiTRecipe(Recipe):
         from safetensors.torch import save_model
 
         from trainhub import config as C
-        from trainhub.checkpoint import write_json_atomic
+        from trainhub.training.checkpoint import write_json_atomic
         from trainhub.plugins import get_plugins
-        from trainhub.run import resolve_config
+        from trainhub.training.run import resolve_config
 
         p = argparse.ArgumentParser(prog="trainhub dit import-official", description="Turn an official DiT checkpoint "
                                     "(released weights or a train.py checkpoint) into a trainhub run directory, so that "
@@ -456,8 +456,8 @@ class DiTRecipe(Recipe):
     def sample(self, models: dict[str, nn.Module], config: DiTConfig, args: argparse.Namespace, out_dir: Path) -> None:
         import contextlib
 
-        from trainhub.media import save_png, to_uint8_image
-        from trainhub.trainer import select_precision
+        from trainhub.kit.media import save_png, to_uint8_image
+        from trainhub.training.trainer import select_precision
 
         e = config.eval
         device = args.device

@@ -65,9 +65,9 @@ def import_reference(recipe: Any, argv: list[str]) -> Path:
     from safetensors.torch import save_file
 
     from trainhub import config as C
-    from trainhub.checkpoint import write_json_atomic
+    from trainhub.training.checkpoint import write_json_atomic
     from trainhub.plugins import get_plugins
-    from trainhub.run import resolve_config
+    from trainhub.training.run import resolve_config
 
     from trainhub_sr3.recipe import build_unet, check_model_config, parse_sizes
 

@@ -1,12 +1,12 @@
 """PSNR and SSIM as the reference SR3 evaluates them: on uint8 RGB levels (peak 255), in float64; SSIM
 with an 11x11 Gaussian window (sigma 1.5), valid region only, averaged over channels (core's
-:mod:`trainhub.image_quality`)."""
+:mod:`trainhub.kit.image_quality`)."""
 
 from __future__ import annotations
 
 import torch
 
-from trainhub import image_quality
+from trainhub.kit import image_quality
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:

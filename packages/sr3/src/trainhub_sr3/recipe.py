@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from trainhub import EvalContext, ForeignResume, Recipe, RunConfig, Section, StepContext, TrainConfig, UserError
-from trainhub.media import make_grid
+from trainhub.kit.media import make_grid
 
 from trainhub_sr3 import compat
 from trainhub_sr3.data import EmbeddedPhotos, HRFolder, PairedFolder, bicubic_sr, list_images, open_image, prepare, to_tensor
@@ -339,7 +339,7 @@ class SR3Recipe(Recipe):
         parser.add_argument("--temperature", type=float, default=None, help="starting-noise scale (default: model.temperature)")
 
     def sample(self, models: dict[str, nn.Module], config: SR3Config, args: argparse.Namespace, out_dir: Path) -> None:
-        from trainhub.media import save_png, to_uint8_image
+        from trainhub.kit.media import save_png, to_uint8_image
 
         m = config.model
         if args.temperature is not None and not 0.0 <= args.temperature <= 1.0:

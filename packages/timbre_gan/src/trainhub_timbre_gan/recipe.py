@@ -192,7 +192,7 @@ class TimbreGANRecipe(Recipe):
         return ("generator",)
 
     def build_data(self, config: TimbreGANConfig) -> tuple[Dataset, Optional[Dataset]]:
-        from trainhub import distributed as dist
+        from trainhub.training import distributed as dist
 
         from trainhub_timbre_gan.data import TimbreRestoreDataset, read_pair_list
         from trainhub_timbre_gan.prepare import is_prepared, prepare
@@ -232,7 +232,7 @@ class TimbreGANRecipe(Recipe):
 
     def _set_warmup(self, config: TimbreGANConfig, n_train: int) -> None:
         """``gan.warmup_epochs`` -> ``train.warmup_steps`` (the trainer's warm-up counts optimizer steps)."""
-        from trainhub import distributed as dist
+        from trainhub.training import distributed as dist
 
         tc, epochs = config.train, config.gan.warmup_epochs
         if not epochs:
@@ -330,7 +330,7 @@ class TimbreGANRecipe(Recipe):
     # ---- commands ----
     def prepare(self, args: list[str]) -> None:
         from trainhub.plugins import get_plugins
-        from trainhub.run import resolve_config
+        from trainhub.training.run import resolve_config
 
         from trainhub_timbre_gan.prepare import prepare
 

@@ -19,9 +19,9 @@ from pydantic import Field
 from torch import nn
 from torch.utils.data import Dataset
 
-from trainhub import distributed as dist
+from trainhub.training import distributed as dist
 from trainhub import EvalContext, Recipe, RunConfig, Section, StepContext, TrainConfig, UserError
-from trainhub.media import make_grid, save_png, to_uint8_image
+from trainhub.kit.media import make_grid, save_png, to_uint8_image
 
 from trainhub_tokenimage.codec import TokenCodec
 from trainhub_tokenimage.data import TokenImageDataset

@@ -33,7 +33,7 @@ def _codec(a: argparse.Namespace) -> tuple[Tokenizer, TokenCodec]:
 
 def save_token_png(path: Path, image: torch.Tensor, mask: torch.Tensor) -> None:
     """``C x H x W`` in [-1, 1] plus ``1 x H x W`` mask -> RGBA (C=3) or LA (C=1) PNG."""
-    from trainhub.media import save_png
+    from trainhub.kit.media import save_png
 
     if image.shape[0] not in (1, 3):
         raise UserError(f"PNG holds 1 or 3 channels; this codec has {image.shape[0]}")

@@ -1,10 +1,10 @@
-"""PSNR and SSIM of RGB frames in [0, 1] (per frame; core's :mod:`trainhub.image_quality`, peak 1)."""
+"""PSNR and SSIM of RGB frames in [0, 1] (per frame; core's :mod:`trainhub.kit.image_quality`, peak 1)."""
 
 from __future__ import annotations
 
 import torch
 
-from trainhub import image_quality
+from trainhub.kit import image_quality
 
 
 def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

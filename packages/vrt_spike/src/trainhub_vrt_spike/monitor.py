@@ -14,7 +14,7 @@ from typing import Any
 
 import psutil
 
-from trainhub.memory import WARN_PERCENT  # the same threshold as the trainer's memory watchdog
+from trainhub.observe.system import WARN_PERCENT  # the same threshold as the trainer's memory watchdog
 
 
 def memory_line(step: int) -> tuple[str, float]:

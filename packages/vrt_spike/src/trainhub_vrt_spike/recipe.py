@@ -24,8 +24,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from trainhub import EvalContext, LoaderConfig, Recipe, RunConfig, Section, StepContext, TrainConfig, UserError
-from trainhub.distill import DistillConfig, init_from_teacher, load_teacher, spread_layers
-from trainhub.media import make_grid
+from trainhub.kit.distill import DistillConfig, init_from_teacher, load_teacher, spread_layers
+from trainhub.kit.media import make_grid
 
 from trainhub_vrt_spike import seed_config
 from trainhub_vrt_spike.data import SpikeDeblurDataset, cpu_count, read_meta, total_workers
@@ -351,7 +351,7 @@ def distill_losses(ctx: StepContext, batch: dict[str, torch.Tensor], out: torch.
 
 def loader_workers(config: VRTSpikeConfig) -> int:
     """DataLoader workers per rank, as core will start them."""
-    from trainhub.data import auto_workers
+    from trainhub.training.data import auto_workers
 
     n = config.loader.num_workers
     return auto_workers(local_processes()) if n == "auto" else int(n)

@@ -6,7 +6,7 @@ from typing import Callable
 
 
 def register_builtin(register: Callable[..., None]) -> None:
-    from trainhub import param_outputs
+    from trainhub.observe import param_outputs
     from trainhub.loggers import console, jsonl, tensorboard, wandb
 
     register("console", console.ConsoleLogger, console.ConsoleConfig)

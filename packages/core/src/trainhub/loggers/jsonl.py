@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from trainhub import hookimpl, storage
+from trainhub import hookimpl
+from trainhub.training import storage
 from trainhub.config import Section
 
 

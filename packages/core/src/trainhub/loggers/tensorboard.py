@@ -12,7 +12,7 @@ from pydantic import Field
 
 from trainhub import hookimpl
 from trainhub.config import Section
-from trainhub.param_outputs import local
+from trainhub.observe.param_outputs import local
 
 
 class TensorBoardConfig(Section):

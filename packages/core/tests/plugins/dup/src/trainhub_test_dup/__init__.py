@@ -1,6 +1,6 @@
 """Registers a recipe under a name core already uses: loading it must fail naming both sides."""
 from trainhub import hookimpl
-from trainhub.builtin import TinyRecipe
+from trainhub.builtin.tiny import TinyRecipe
 
 
 @hookimpl

@@ -2,7 +2,7 @@
 from torch import nn
 
 from trainhub import hookimpl
-from trainhub.builtin import TinyRecipe
+from trainhub.builtin.tiny import TinyRecipe
 
 
 class ShiftedTiny(TinyRecipe):

@@ -16,17 +16,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainhub import checkpoint as ckpt
-from trainhub import distributed as dist
-from trainhub import signals
+from trainhub.training import checkpoint as ckpt
+from trainhub.training import distributed as dist
+from trainhub.training import signals
 from trainhub.config import RunConfig
-from trainhub.data import build_loader, sample_seed
-from trainhub.ema import EMA
+from trainhub.training.data import build_loader, sample_seed
+from trainhub.training.ema import EMA
 from trainhub.errors import TrainingStopped, UserError
-from trainhub.media import MediaWriter
-from trainhub.memory import MemoryWatchdog, system_metrics
+from trainhub.kit.media import MediaWriter
+from trainhub.observe.system import MemoryWatchdog, system_metrics
 from trainhub.recipe import EvalContext, ForeignResume, OptimizerSpec, Recipe, StepContext
-from trainhub.schedules import lr_lambda
+from trainhub.training.schedules import lr_lambda
 
 
 def select_device(name: str) -> torch.device:
@@ -86,7 +86,7 @@ def checkpoint_blocks(blocks: list[nn.Module]) -> None:
 
 
 class Trainer:
-    """Runs a recipe. Construct through :func:`trainhub.run.train`."""
+    """Runs a recipe. Construct through :func:`trainhub.training.run.train`."""
 
     def __init__(self, recipe: Recipe, config: RunConfig, run_dir: Optional[Path], device: torch.device,
                  call_hook: Callable[..., None], run_info: Any, dry_run: bool = False) -> None:
@@ -118,7 +118,7 @@ class Trainer:
         self.flops_per_sample: Optional[float] = None
         self._peak: Optional[tuple[float, str]] = None
         self.watchdog = MemoryWatchdog()
-        from trainhub.watch import LossWatch
+        from trainhub.observe.watch import LossWatch
 
         self.loss_watch = LossWatch(list(recipe.loss_ranges(config)))
         self._build()
@@ -246,7 +246,7 @@ class Trainer:
                 raise TypeError(f"recipe {self.recipe.name!r}: optimizer uses unknown model {name!r}")
         self.sharded: list[str] = []
         if tc.strategy == "fsdp" and self.world > 1:  # shard before the optimizers see the parameters
-            from trainhub import fsdp
+            from trainhub.training import fsdp
 
             for name in self.trained:
                 m = self.raw_models[name]
@@ -273,7 +273,7 @@ class Trainer:
     def _seed_host_rngs(self) -> None:
         """Python's ``random`` and NumPy's global RNG restart at every step from (seed, rank, step).
 
-        Loading in the main process reseeds them per batch (:class:`~trainhub.data.SeededDataset`); restarting
+        Loading in the main process reseeds them per batch (:class:`~trainhub.training.data.SeededDataset`); restarting
         them here costs ~10 us a step where saving and restoring them around every batch cost ~0.12 ms, and a
         step's draws depend on the step alone: not on the loader's worker count, nor on a resume."""
         s = sample_seed(self.tc.seed, -1 - self.rank, self.step)  # epoch -1 - rank: never a data key
@@ -281,7 +281,7 @@ class Trainer:
         np.random.seed(s % 2**32)
 
     def _auto_batch(self, train_ds: Any) -> None:
-        from trainhub import autobatch
+        from trainhub.training import autobatch
 
         tc = self.tc
         if self.sharded:
@@ -394,7 +394,7 @@ class Trainer:
                     print(f"trainhub: {directory} has no EMA of {name!r}; its EMA starts from the loaded weights", flush=True)
         opt = ckpt.load_optim_state(directory)
         if self.sharded:
-            from trainhub import fsdp
+            from trainhub.training import fsdp
 
             fsdp.load_shards(directory, self.rank, {n: self.raw_models[n] for n in self.sharded},
                              {n: e for n, e in self.emas.items() if n in self.sharded}, self.optimizers)
@@ -477,7 +477,7 @@ class Trainer:
         tmp = ckpt.tmp_dir(root, name)
         ckpt.save_rng(tmp, self.rank)
         if self.sharded:
-            from trainhub import fsdp
+            from trainhub.training import fsdp
 
             fsdp.save_shards(tmp, self.rank, {n: self.raw_models[n] for n in self.sharded},
                              {n: e for n, e in self.emas.items() if n in self.sharded}, self.optimizers)
@@ -637,7 +637,7 @@ class Trainer:
         """A plugin that failed, or data that could not be read, ends the run between two steps, where the
         training state is whole: save it first so no step is lost, and say where it is (one process only: in a
         job of several, the failing rank stops alone and the others cannot join a save)."""
-        from trainhub.storage import DiskError
+        from trainhub.training.storage import DiskError
 
         if not (isinstance(exc, UserError) and not isinstance(exc, (TrainingStopped, DiskError)) and self.between_steps
                 and self.world == 1 and not self.dry_run and self.run_dir is not None):
@@ -670,7 +670,7 @@ class Trainer:
         Counting inside the real step would run it under a dispatch mode that can pick other kernels
         (SDPA) and break bit-exact resume; the copies also keep gradients and all RNG streams untouched.
         """
-        from trainhub.throughput import count_flops
+        from trainhub.training.flops import count_flops
 
         models = {n: copy.deepcopy(m) for n, m in self.raw_models.items()}
         cache: dict[str, Any] = {}
@@ -812,11 +812,11 @@ class Trainer:
             out["flops_per_sample"] = self.flops_per_sample
             out["tflops"] = self.flops_per_sample * out["samples_per_sec"] / 1e12
             if self._peak is None and self.device.type == "cuda":
-                from trainhub.throughput import device_peak
+                from trainhub.training.flops import device_peak
 
                 self._peak = device_peak(self.device, self.precision)
             if self._peak:
-                from trainhub.throughput import mfu
+                from trainhub.training.flops import mfu
 
                 out["mfu"] = mfu(self.flops_per_sample, out["samples_per_sec"], self._peak[0] * self.world)
         out["nonfinite_skipped"] = float(self.nonfinite_total)
@@ -841,7 +841,7 @@ class Trainer:
                 out[n] = self._eval_copies[n]
             else:
                 if n in self.sharded and n in self.emas:
-                    from trainhub.fsdp import local
+                    from trainhub.training.fsdp import local
 
                     self._swapped[n] = {k: local(v).detach().clone() for k, v in m.state_dict().items()}
                     self.emas[n].copy_to(m)
@@ -850,7 +850,7 @@ class Trainer:
 
     @torch.no_grad()
     def _unswap(self) -> None:
-        from trainhub.fsdp import local
+        from trainhub.training.fsdp import local
 
         for n, saved in self._swapped.items():
             for k, v in self.raw_models[n].state_dict().items():

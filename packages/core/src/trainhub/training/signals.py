@@ -96,7 +96,7 @@ def active() -> Optional[StopSignals]:
 @contextlib.contextmanager
 def installed() -> Iterator[StopSignals]:
     """Install a :class:`StopSignals` for the block, or reuse the one an outer block installed (the CLI installs
-    it before the slow imports; :func:`trainhub.run.train` then finds it)."""
+    it before the slow imports; :func:`trainhub.training.run.train` then finds it)."""
     global _active
     if _active is not None:
         yield _active

@@ -15,7 +15,7 @@ step and removed after it, so other steps pay nothing. Past ``disk_budget_mb`` f
 
 Read back with :func:`load`::
 
-    from trainhub import param_outputs
+    from trainhub.observe import param_outputs
     out = param_outputs.load("runs/sr3/NAME", step=100)   # weights, gradients, activations, *_stats, losses
 """
 

@@ -222,8 +222,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from trainhub import EvalContext, Recipe, RunConfig, Section, StepContext, TrainConfig, UserError
-from trainhub.image_quality import psnr
-from trainhub.media import make_grid, save_png, to_uint8_image
+from trainhub.kit.image_quality import psnr
+from trainhub.kit.media import make_grid, save_png, to_uint8_image
 from trainhub.plugins import get_plugins
 
 from $module.data import NoisyBlobs

@@ -6,9 +6,9 @@ AdamW, foreach EMA, TF32, optional --compile / channels_last). Plain side: the s
 reference train.py does it. Both in one run on the same device; prints and writes a table
 (img/s, step time, MFU, peak memory, ratio) into docs/benchmarks.md between markers.
 
-    python tools/bench/bench_recipes.py --recipes sr3 dit --steps 30 --warmup 10
-    python tools/bench/bench_recipes.py --recipes tiny --device cpu --steps 20   # smoke test on CPU
-    python tools/bench/bench_recipes.py --set dit:model.name=DiT-XL/2 --set dit:train.batch_size=32
+    python tools/bench_recipes.py --recipes sr3 dit --steps 30 --warmup 10
+    python tools/bench_recipes.py --recipes tiny --device cpu --steps 20   # smoke test on CPU
+    python tools/bench_recipes.py --set dit:model.name=DiT-XL/2 --set dit:train.batch_size=32
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ import torch
 
 from trainhub.plugins import get_plugins
 from trainhub.recipe import StepContext
-from trainhub.run import resolve_config
-from trainhub.throughput import StepClock, device_peak, mfu, timed_train
-from trainhub.trainer import to_device
+from trainhub.training.run import resolve_config
+from trainhub.training.flops import device_peak, mfu
+from harness import StepClock, timed_train
+from trainhub.training.trainer import to_device
 
 MARK_BEGIN, MARK_END = "<!-- bench_recipes:begin -->", "<!-- bench_recipes:end -->"
 
@@ -117,7 +118,7 @@ def main() -> None:
     dev = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     peak_note = device_peak(device, "bf16")[1] if device.type == "cuda" else "no MFU on CPU"
     table = [f"Device: {dev}; torch {torch.__version__}; {time.strftime('%Y-%m-%d')}; steps {args.steps} after {args.warmup} warm-up; "
-             f"MFU against {peak_note}; `python tools/bench/bench_recipes.py {' '.join(names)}`", "",
+             f"MFU against {peak_note}; `python tools/bench_recipes.py {' '.join(names)}`", "",
              "| recipe | model | batch | plain fp32 img/s | trainhub img/s | ratio | MFU plain | MFU trainhub | peak MB plain | peak MB trainhub |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     fmt = lambda v: f"{v:.1%}" if isinstance(v, float) else "-"  # noqa: E731

@@ -16,12 +16,12 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
-from trainhub import checkpoint as ckpt
+from trainhub.training import checkpoint as ckpt
 from trainhub import config as C
-from trainhub import distributed as dist
-from trainhub import signals, storage
+from trainhub.training import distributed as dist
+from trainhub.training import signals, storage
 from trainhub.errors import PluginError, UserError
-from trainhub.rundir import RunDir
+from trainhub.training.rundir import RunDir
 from trainhub.plugins import Plugins, get_plugins
 from trainhub.recipe import Recipe
 
@@ -183,10 +183,10 @@ def train(
     none) or a checkpoint / run directory. Without ``config_file``, a resumed run reuses its saved
     ``config.yaml``.
 
-    The run directory is locked for the run's life (one writer; :mod:`trainhub.rundir`), a new run is refused
+    The run directory is locked for the run's life (one writer; :mod:`trainhub.training.rundir`), a new run is refused
     where another run's checkpoints are, and nothing is written there before the run is accepted: config
     valid, models and data built, the checkpoint to resume from loaded. SIGINT/SIGTERM before the first step
-    raise :class:`trainhub.signals.Interrupted` (a KeyboardInterrupt); after it, the run saves and returns
+    raise :class:`trainhub.training.signals.Interrupted` (a KeyboardInterrupt); after it, the run saves and returns
     status ``"interrupted"``.
     """
     with signals.installed():
@@ -209,7 +209,7 @@ def _train(recipe: str | Recipe, config_file: Optional[str | Path], overrides: O
             saved_config = rd / "config.yaml"
     config = resolve_config(rec, plugins, config_file or saved_config, overrides)
 
-    from trainhub.trainer import Trainer, select_device
+    from trainhub.training.trainer import Trainer, select_device
 
     device = select_device(config.train.device)
     if device.type == "cuda":

@@ -1,16 +1,15 @@
-"""FSDP2 (``fully_shard``) for ``train.strategy: fsdp``: sharding, sharded checkpoints, consolidation.
+"""FSDP2 (``fully_shard``) for ``train.strategy: fsdp``: sharding, and saving and loading the shards of live models.
 
 Each block the recipe names (:meth:`Recipe.blocks`, default: the children of every
 ``nn.ModuleList``) and then the whole model are sharded along dim 0 over all ranks. Checkpoints keep
 the shards as they are: ``<model>_shard_rank<R>.safetensors`` (and ``ema_...``), ``optimizer_rank<R>.pt``
 with plain local tensors, and ``fsdp_layout.json`` describing which keys are sharded on which dim, so
-they load without pickle, resume exactly with the same world size, and consolidate into one ordinary
-safetensors file offline (``trainhub export``) or automatically when a single process loads them.
+they load without pickle and resume exactly with the same world size; :func:`trainhub.training.checkpoint.consolidate`
+reads them back as one ordinary state dict (``trainhub export``, or a single process loading them).
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
@@ -18,7 +17,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-LAYOUT = "fsdp_layout.json"
+from trainhub.training import checkpoint as ckpt
+
 
 
 def is_dtensor(t: Any) -> bool:
@@ -59,12 +59,10 @@ def local_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def save_shards(directory: Path, rank: int, models: dict[str, nn.Module], emas: dict[str, Any], optimizers: dict[str, torch.optim.Optimizer]) -> None:
-    from trainhub.checkpoint import ema_file
-
     for name, m in models.items():
         save_file(local_state(m.state_dict()), str(directory / f"{name}_shard_rank{rank}.safetensors"))
     for name, ema in emas.items():
-        save_file(local_state(ema.state_dict()), str(directory / ema_file(name).replace(".safetensors", f"_shard_rank{rank}.safetensors")))
+        save_file(local_state(ema.state_dict()), str(directory / ckpt.ema_file(name).replace(".safetensors", f"_shard_rank{rank}.safetensors")))
     torch.save({n: _local_optim_state(o.state_dict()) for n, o in optimizers.items()}, directory / f"optimizer_rank{rank}.pt")
 
 
@@ -74,21 +72,17 @@ def _local_optim_state(sd: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_layout(directory: Path, models: dict[str, nn.Module], world: int) -> None:
-    from trainhub.checkpoint import write_json_atomic
-
-    write_json_atomic(directory / LAYOUT, {"world_size": world, "models": {n: layout(m) for n, m in models.items()}})
+    ckpt.write_json_atomic(directory / ckpt.FSDP_LAYOUT, {"world_size": world, "models": {n: layout(m) for n, m in models.items()}})
 
 
 @torch.no_grad()
 def load_shards(directory: Path, rank: int, models: dict[str, nn.Module], emas: dict[str, Any], optimizers: dict[str, torch.optim.Optimizer]) -> None:
-    from trainhub.checkpoint import ema_file
-
     for name, m in models.items():
         saved = load_file(str(directory / f"{name}_shard_rank{rank}.safetensors"))
         for k, v in m.state_dict().items():
             local(v).copy_(saved[k])
     for name, ema in emas.items():
-        ema.load_state_dict(load_file(str(directory / ema_file(name).replace(".safetensors", f"_shard_rank{rank}.safetensors"))))
+        ema.load_state_dict(load_file(str(directory / ckpt.ema_file(name).replace(".safetensors", f"_shard_rank{rank}.safetensors"))))
     opt_state = torch.load(directory / f"optimizer_rank{rank}.pt", map_location="cpu", weights_only=True)
     for n, opt in optimizers.items():
         opt.load_state_dict(opt_state[n])
@@ -100,25 +94,3 @@ def load_shards(directory: Path, rank: int, models: dict[str, nn.Module], emas: 
 
                         opt.state[p][k] = DTensor.from_local(v.to(p.device), p.device_mesh, p.placements, run_check=False,
                                                              shape=p.shape, stride=p.stride())
-
-
-def is_sharded_checkpoint(directory: Path) -> bool:
-    return (directory / LAYOUT).is_file()
-
-
-def consolidate(directory: Path, name: str, ema: bool = False) -> dict[str, torch.Tensor]:
-    """Full state dict of model ``name`` from its per-rank shards (concatenated along the sharded dim)."""
-    from trainhub.checkpoint import ema_file
-
-    meta = json.loads((directory / LAYOUT).read_text())
-    world, keys = meta["world_size"], meta["models"][name]
-    stem = ema_file(name).replace(".safetensors", "") if ema else name
-    shards = [load_file(str(directory / f"{stem}_shard_rank{r}.safetensors")) for r in range(world)]
-    out = {}
-    for k, info in keys.items():
-        if k not in shards[0]:
-            continue
-        out[k] = torch.cat([s[k] for s in shards], dim=info["dim"]) if info["dim"] is not None else shards[0][k]
-        if list(out[k].shape) != info["shape"]:
-            raise ValueError(f"{directory}: consolidated {k} has shape {list(out[k].shape)}, expected {info['shape']}")
-    return out

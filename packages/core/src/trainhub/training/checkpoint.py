@@ -32,10 +32,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
-from trainhub import storage
+from trainhub.training import storage
 from trainhub.errors import UserError
 
 STATE_FILE = "training_state.json"
+
+
+#: Which keys of an FSDP checkpoint's shards are split along which dim (see :mod:`trainhub.training.fsdp`).
+FSDP_LAYOUT = "fsdp_layout.json"
 
 
 class NoCheckpoint(UserError):
@@ -67,7 +71,7 @@ def fsync_dir(path: Path) -> None:
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write ``path`` under a temporary name, fsync, rename; a full or read-only disk is one line and leaves no
-    ``.tmp`` behind (:func:`trainhub.storage.writing`)."""
+    ``.tmp`` behind (:func:`trainhub.training.storage.writing`)."""
     tmp = path.with_name(path.name + ".tmp")
     with storage.writing(path, partial=tmp):
         with open(tmp, "w", encoding="utf-8") as f:
@@ -212,7 +216,7 @@ def begin(root: Path, name: str) -> Path:
 @contextlib.contextmanager
 def writing(root: Path, name: str) -> Iterator[None]:
     """Around the writing of checkpoint ``name``: on any failure its temporary directory is removed, and a full
-    disk or a read-only one is a one-line :class:`~trainhub.storage.DiskError`."""
+    disk or a read-only one is a one-line :class:`~trainhub.training.storage.DiskError`."""
     tmp = tmp_dir(root, name)
     with storage.writing(tmp, partial=tmp, note=f"; checkpoint {name} was not written, the earlier ones are intact"):
         yield
@@ -358,9 +362,7 @@ def load_models(directory: Path, models: dict[str, nn.Module], ema: bool = False
     """Load weights (EMA ones when ``ema`` and present) into ``models``; returns the files used."""
     used = []
     for name, m in models.items():
-        if not (directory / model_file(name)).is_file() and (directory / "fsdp_layout.json").is_file():
-            from trainhub.fsdp import consolidate
-
+        if not (directory / model_file(name)).is_file() and is_sharded_checkpoint(directory):
             has_ema = (directory / ema_file(name).replace(".safetensors", "_shard_rank0.safetensors")).is_file()
             sd = consolidate(directory, name, ema=ema and has_ema)
             missing, unexpected = m.load_state_dict(sd, strict=False)
@@ -439,3 +441,26 @@ def resolve_checkpoint(path: str | Path) -> Path:
         if found is not None:
             return found
     raise NoCheckpoint(f"no complete checkpoint found at {p}")
+
+
+# ---- FSDP checkpoints (written by trainhub.training.fsdp) ---------------------------------------------------
+
+def is_sharded_checkpoint(directory: Path) -> bool:
+    """Saved by a run with ``train.strategy=fsdp``: per-rank shards plus :data:`FSDP_LAYOUT`."""
+    return (directory / FSDP_LAYOUT).is_file()
+
+
+def consolidate(directory: Path, name: str, ema: bool = False) -> dict[str, torch.Tensor]:
+    """Full state dict of model ``name`` from an FSDP checkpoint's per-rank shards (concatenated along the sharded dim)."""
+    meta = json.loads((directory / FSDP_LAYOUT).read_text())
+    world, keys = meta["world_size"], meta["models"][name]
+    stem = ema_file(name).replace(".safetensors", "") if ema else name
+    shards = [load_file(str(directory / f"{stem}_shard_rank{r}.safetensors")) for r in range(world)]
+    out = {}
+    for k, info in keys.items():
+        if k not in shards[0]:
+            continue
+        out[k] = torch.cat([s[k] for s in shards], dim=info["dim"]) if info["dim"] is not None else shards[0][k]
+        if list(out[k].shape) != info["shape"]:
+            raise ValueError(f"{directory}: consolidated {k} has shape {list(out[k].shape)}, expected {info['shape']}")
+    return out

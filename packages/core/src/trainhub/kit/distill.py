@@ -38,9 +38,9 @@ class DistillConfig(Section):
 
 def load_teacher(recipe: Any, cfg: DistillConfig, name: str = "model") -> nn.Module:
     """Build the teacher from its own saved ``config.yaml`` and load its weights; frozen, eval mode."""
-    from trainhub import checkpoint as ckpt
+    from trainhub.training import checkpoint as ckpt
     from trainhub.plugins import get_plugins
-    from trainhub.run import resolve_config
+    from trainhub.training.run import resolve_config
 
     if not cfg.teacher:
         raise UserError("distill.teacher is not set: give the teacher's checkpoint or run directory")

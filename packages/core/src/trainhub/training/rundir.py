@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from trainhub import storage
+from trainhub.training import storage
 from trainhub.errors import UserError
 
 LOCK_FILE = "trainhub.lock"
@@ -106,7 +106,7 @@ def check_target(run_dir: Path, resume_from: Optional[Path]) -> list[Path]:
     run's checkpoints and leave the old run's for ``--resume auto``). A resumed run continues in its own
     directory, or in one without checkpoints.
     """
-    from trainhub import checkpoint as ckpt
+    from trainhub.training import checkpoint as ckpt
 
     existing = checkpoint_dirs(run_dir)
     if not existing:

@@ -1,10 +1,11 @@
-"""System and device memory readings (psutil, torch.cuda), the >90% system-memory warning, and the
-memory diagnosis of ``trainhub doctor`` (dataset size, workers x cache footprint, recommendations)."""
+"""``trainhub doctor``: what this machine offers for training, and what would go wrong (devices, memory, disk,
+plugins, and the memory footprint of a dataset with its workers and caches)."""
 
 from __future__ import annotations
 
 import os
-import warnings
+import platform
+import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Optional
@@ -12,70 +13,46 @@ from typing import Optional
 import psutil
 import torch
 
-WARN_PERCENT = 90.0
+from trainhub.errors import UserError
+from trainhub.observe.system import _process
+
 GiB = 2**30
 
-_PROC: tuple[int, psutil.Process] | None = None
-_GPU_UTIL_OK = True  # becomes False once torch.cuda.utilization is found unavailable (no NVML)
 
-
-def _process() -> psutil.Process:
-    global _PROC
-    if _PROC is None or _PROC[0] != os.getpid():
-        _PROC = (os.getpid(), psutil.Process())
-    return _PROC[1]
-
-
-def gpu_utilization(device: torch.device) -> Optional[float]:
-    """Percent of the last sample period the GPU was busy (NVML through torch), or None where unavailable."""
-    global _GPU_UTIL_OK
-    if device.type != "cuda" or not _GPU_UTIL_OK:
-        return None
-    try:
-        return float(torch.cuda.utilization(device))
-    except Exception:  # no pynvml / amdsmi, or the driver refuses: stop asking
-        _GPU_UTIL_OK = False
-        return None
-
-
-def system_metrics(device: torch.device) -> dict[str, float]:
-    """Process RSS, system memory use, CUDA peak/reserved/total memory (MB) and GPU utilisation (%)."""
-    proc = _process()
+def report(dataset: str | None = None, cache_gb: float = 0.0, num_workers: int | None = None) -> tuple[list[str], bool]:
+    ok = True
+    lines = [f"python   {platform.python_version()} ({platform.machine()})", f"torch    {torch.__version__}"]
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            p = torch.cuda.get_device_properties(i)
+            lines.append(f"cuda:{i}   {p.name}, {p.total_memory / 2**30:.1f} GiB, capability {p.major}.{p.minor}, "
+                         f"bf16 {'yes' if torch.cuda.is_bf16_supported() else 'no'}")
+    else:
+        lines.append("cuda     not available (training runs on CPU" + (" or MPS)" if torch.backends.mps.is_available() else ")"))
     vm = psutil.virtual_memory()
-    out = {
-        "rss_mb": proc.memory_info().rss / 2**20,
-        "sys_mem_percent": vm.percent,
-    }
-    if device.type == "cuda":
-        out["cuda_max_alloc_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-        out["cuda_reserved_mb"] = torch.cuda.memory_reserved(device) / 2**20
-        out["cuda_total_mb"] = torch.cuda.get_device_properties(device).total_memory / 2**20
-        util = gpu_utilization(device)
-        if util is not None:
-            out["gpu_util_percent"] = util
-    return out
+    lines.append(f"memory   {vm.total / 2**30:.1f} GiB total, {vm.available / 2**30:.1f} GiB available ({vm.percent:.0f}% used)")
+    lines.append(f"cpus     {os.cpu_count()}")
+    disk = shutil.disk_usage(os.getcwd())
+    lines.append(f"disk     {disk.free / 2**30:.1f} GiB free in {os.getcwd()}")
+    if disk.free < 2 * 2**30:
+        lines.append("WARNING  less than 2 GiB free: checkpoints may fail to save")
+        ok = False
+    shm = "/dev/shm"
+    if os.path.isdir(shm):
+        lines.append(f"shm      {shutil.disk_usage(shm).total / 2**30:.1f} GiB at /dev/shm (DataLoader workers share batches through it)")
+    from trainhub.plugins import get_plugins
 
+    plugins = get_plugins()
+    for name, info in sorted(plugins.info.items()):
+        lines.append(f"plugin   {name} ({info.distribution} {info.version}): {', '.join(f'{k}={len(v)}' for k, v in info.registered.items())}")
+    for name, err in sorted(plugins.failed.items()):
+        lines.append(f"FAILED   plugin {name}: {err}")
+        ok = False
+    if dataset and not os.path.isdir(dataset):
+        raise UserError(f"--dataset {dataset} is not a folder")
+    lines += doctor_report(dataset, cache_gb, num_workers)
+    return lines, ok
 
-class MemoryWatchdog:
-    """Warns once when system memory use passes ``WARN_PERCENT``."""
-
-    def __init__(self) -> None:
-        self.warned = False
-
-    def check(self, percent: float) -> bool:
-        if percent >= WARN_PERCENT and not self.warned:
-            self.warned = True
-            warnings.warn(
-                f"system memory at {percent:.1f}% (> {WARN_PERCENT:.0f}%): lower loader.num_workers, "
-                "the batch size or dataset caches to avoid swapping or the OOM killer",
-                ResourceWarning,
-                stacklevel=2,
-            )
-            return True
-        return False
-
-
-# ---- doctor ------------------------------------------------------------------------------------
 
 def human(n: float) -> str:
     """Bytes as KiB/MiB/GiB with two significant decimals."""
@@ -94,8 +71,6 @@ def dataset_size(path: str | Path, max_files: int = 200_000) -> tuple[int, int, 
     if p.is_file():
         return p.stat().st_size, 1, Counter({p.suffix.lower() or "(none)": 1}), True
     if not p.is_dir():
-        from trainhub.errors import UserError
-
         raise UserError(f"dataset path {p} does not exist")
     total, files, exts = 0, 0, Counter()
     stack = [str(p)]
@@ -137,7 +112,7 @@ def doctor_report(dataset_path: Optional[str | Path] = None, cache_gb: Optional[
     """
     lines: list[str] = []
     vm = psutil.virtual_memory()
-    from trainhub.data import auto_workers
+    from trainhub.training.data import auto_workers
 
     cpus = os.cpu_count() or 1
     procs = local_processes or max(1, torch.cuda.device_count() if torch.cuda.is_available() else 1)

@@ -1,20 +1,18 @@
-"""Core's own plugin: built-in losses, loggers and the ``tiny`` recipe, registered through the same
-hooks as any third-party plugin."""
+"""The ``tiny`` recipe: a small MLP regression on synthetic data, the smallest complete recipe (a demo, and the
+trainer's test bed)."""
 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Optional
+from typing import Optional
 
 import torch
 from pydantic import Field
 from torch import nn
 from torch.utils.data import Dataset
 
-from trainhub import hookimpl
 from trainhub.config import RunConfig, Section, TrainConfig
 from trainhub.errors import UserError
-from trainhub.losses import LOSSES
 from trainhub.recipe import EvalContext, Recipe, StepContext
 
 
@@ -124,31 +122,3 @@ class TinyRecipe(Recipe):
             total += float(((pred.float() - y) ** 2).sum())
             n += len(x)
         return {"val_mse": total / max(n, 1)}
-
-
-@hookimpl
-def trainhub_register_recipes(register: Callable[[Any], None]) -> None:
-    register(TinyRecipe())
-
-
-@hookimpl
-def trainhub_register_models(register: Callable[..., None]) -> None:
-    register("tiny-mlp", TinyMLP)
-
-
-@hookimpl
-def trainhub_register_datasets(register: Callable[..., None]) -> None:
-    register("synthetic-regression", SyntheticRegression)
-
-
-@hookimpl
-def trainhub_register_losses(register: Callable[..., None]) -> None:
-    for name, cls in LOSSES.items():
-        register(name, cls)
-
-
-@hookimpl
-def trainhub_register_loggers(register: Callable[..., None]) -> None:
-    from trainhub.loggers import register_builtin
-
-    register_builtin(register)

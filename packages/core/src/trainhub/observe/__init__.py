@@ -1,0 +1,1 @@
+"""Observability: system readings, loss-range watch, parameter outputs, run analysis, doctor."""

@@ -1,0 +1,1 @@
+"""The run path: from a resolved config to a trained, checkpointed run."""

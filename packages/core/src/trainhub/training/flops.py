@@ -1,0 +1,61 @@
+"""FLOPs per sample (counted once with torch.utils.flop_counter) and MFU against the device's peak."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Optional
+
+import torch
+
+# Dense peak FLOP/s by device name fragment and precision (vendor datasheets, no sparsity).
+# "fp32" on Ampere/Hopper means TF32 tensor cores, which the trainer enables for fp32 matmuls.
+PEAKS: dict[str, dict[str, float]] = {
+    "H200": {"bf16": 989e12, "fp16": 989e12, "fp32": 494e12},
+    "H100": {"bf16": 989e12, "fp16": 989e12, "fp32": 494e12},
+    "A100": {"bf16": 312e12, "fp16": 312e12, "fp32": 156e12},
+    "L40S": {"bf16": 362e12, "fp16": 362e12, "fp32": 183e12},
+    "A10G": {"bf16": 70e12, "fp16": 70e12, "fp32": 35e12},
+    "L4": {"bf16": 121e12, "fp16": 121e12, "fp32": 60e12},
+    "RTX 4090": {"bf16": 165e12, "fp16": 165e12, "fp32": 82.6e12},
+    "V100": {"fp16": 125e12, "fp32": 15.7e12},
+}
+
+
+def count_flops(fn: Callable[[], None]) -> int:
+    """FLOPs of everything ``fn`` runs (mm, bmm, conv, SDPA forward and backward; elementwise ops not counted)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def measured_matmul_peak(device: torch.device, dtype: torch.dtype = torch.bfloat16, n: int = 8192, iters: int = 10) -> float:
+    """FLOP/s of an n^3 matmul on ``device`` (the fallback peak for devices not in :data:`PEAKS`)."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize(device)
+    t = time.perf_counter()
+    for _ in range(iters):
+        a @ b
+    torch.cuda.synchronize(device)
+    return 2 * n**3 * iters / (time.perf_counter() - t)
+
+
+def device_peak(device: torch.device, precision: str) -> Optional[tuple[float, str]]:
+    """(peak FLOP/s, where it comes from) for a CUDA device, or None on CPU/MPS."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, table in PEAKS.items():
+        if key in name and precision in table:
+            return table[precision], f"{key} datasheet {precision}"
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    return measured_matmul_peak(device, dtype), f"measured {precision} matmul on {name}"
+
+
+def mfu(flops_per_sample: float, samples_per_sec: float, peak: float) -> float:
+    """Model FLOPs utilisation: achieved training FLOP/s over the peak (all ranks: pass the global rate)."""
+    return flops_per_sample * samples_per_sec / peak if peak > 0 else 0.0
