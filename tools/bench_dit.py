@@ -30,10 +30,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from trainhub import hookimpl
 from trainhub.recipe import StepContext
-from trainhub.training.run import resolve_config
+from trainhub.resolve import resolve_config
 from trainhub.training.flops import count_flops, device_peak, measured_matmul_peak, mfu
 from harness import StepClock, timed_train
-from trainhub.training.trainer import to_device
+from trainhub.training.devices import to_device
 from trainhub_dit.recipe import DiTRecipe
 
 VIRTUAL_LEN = 1_000_000  # no epoch boundary inside the timed window

@@ -23,10 +23,10 @@ import torch
 
 from trainhub.plugins import get_plugins
 from trainhub.recipe import StepContext
-from trainhub.training.run import resolve_config
+from trainhub.resolve import resolve_config
 from trainhub.training.flops import device_peak, mfu
 from harness import StepClock, timed_train
-from trainhub.training.trainer import to_device
+from trainhub.training.devices import to_device
 
 MARK_BEGIN, MARK_END = "<!-- bench_recipes:begin -->", "<!-- bench_recipes:end -->"
 

@@ -32,7 +32,7 @@ import torch
 
 def preset_config(name: str, overrides: list[str]) -> Any:
     from trainhub.plugins import get_plugins
-    from trainhub.training.run import resolve_config
+    from trainhub.resolve import resolve_config
     from trainhub_vrt_spike.seed_config import CONFIG_DIR
 
     plugins = get_plugins()
@@ -79,6 +79,7 @@ def bench_model(presets: list[str], size: int, frames: int, batch: int, device: 
 
 def bench_data(size: int, sequences: int, frames: int, seq_len: int, crop: int, bins: int, workers: int, epochs: int,
                cache_frac: float, window: int, batch: int) -> list[dict[str, Any]]:
+    from trainhub.builtin.samplers import GroupedSampler
     from trainhub.config import LoaderConfig
     from trainhub.training.data import build_loader
     from trainhub_vrt_spike import simulate as sim
@@ -92,8 +93,9 @@ def bench_data(size: int, sequences: int, frames: int, seq_len: int, crop: int, 
         for mode in ("no cache", "cache, shuffled", f"cache, grouped (window {window})"):
             cache = 0 if mode == "no cache" else budget
             ds = SpikeDeblurDataset(root, "train", seq_len, num_bins=bins, crop=crop, flips=True, cache_bytes=cache, workers=workers)
-            lc = LoaderConfig(num_workers=workers, group_window=window if "grouped" in mode else None, persistent_workers=workers > 0)
-            loader, sampler = build_loader(ds, batch, lc, seed=0, rank=0, world=1, pin_memory=False)
+            lc = LoaderConfig(num_workers=workers, persistent_workers=workers > 0)
+            grouped = GroupedSampler(ds.sample_groups, window, shuffle=True, seed=0) if "grouped" in mode else None
+            loader, sampler = build_loader(ds, batch, lc, seed=0, rank=0, world=1, pin_memory=False, sampler=grouped)
             hits, samples = 0.0, 0
             t0 = time.perf_counter()
             for epoch in range(epochs):

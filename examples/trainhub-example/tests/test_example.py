@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from trainhub.builtin.tiny import TinyRecipe
-from trainhub.training.run import resolve_config
+from trainhub.resolve import resolve_config
 from trainhub_example.loss_spike import LossSpikeAlert, LossSpikeConfig
 from trainhub_example.resmlp import ResidualMLP
 

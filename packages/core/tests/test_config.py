@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from trainhub import config as C
-from trainhub.builtin.tiny import TinyConfig
+from trainhub.builtin.tiny_config import TinyConfig
 from trainhub.errors import ConfigError
 
 
@@ -129,11 +129,11 @@ def test_run_config_accepts_the_name_of_a_config_the_recipe_ships(tmp_path, monk
     from trainhub.builtin.tiny import TinyRecipe
     from trainhub.errors import UserError
     from trainhub.plugins import get_plugins
-    from trainhub.training.run import resolve_config, shipped_configs
+    from trainhub.resolve import resolve_config, shipped_configs
 
     pkg = tmp_path / "shipping_recipe"
     (pkg / "configs").mkdir(parents=True)
-    (pkg / "__init__.py").write_text("from trainhub.builtin import TinyRecipe\n\nclass Shipping(TinyRecipe):\n    name = 'shipping'\n")
+    (pkg / "__init__.py").write_text("from trainhub.builtin.tiny import TinyRecipe\n\nclass Shipping(TinyRecipe):\n    name = 'shipping'\n")
     (pkg / "configs" / "wide.yaml").write_text("model:\n  hidden: 48\n")
     (pkg / "configs" / "notes.txt").write_text("not a config")
     monkeypatch.syspath_prepend(str(tmp_path))

@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from trainhub import UserError
-from trainhub.kit.distill import DistillConfig, init_from_teacher, spread_layers
+from trainhub.config import DistillConfig
+from trainhub.kit.distill import init_from_teacher, spread_layers
 
 
 def test_spread_layers_every_other_and_parity():

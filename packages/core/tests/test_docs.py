@@ -30,7 +30,7 @@ def test_reference_lists_every_hookspec_with_its_docstring():
     assert len(names) == len([n for n in dir(hookspecs) if n.startswith("trainhub_")]) >= 11
     for name in names:
         assert f"#### `{name}`" in section
-    assert "Register recipes: `register(MyRecipe())`, a `trainhub.Recipe` instance." in section
+    assert "Register recipes: `register(MyRecipe)`, a `trainhub.Recipe` subclass" in section
     assert f"Hookspec version: **{hookspecs.HOOKSPEC_VERSION}**" in section
 
 

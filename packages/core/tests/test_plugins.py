@@ -167,16 +167,22 @@ def test_failing_hook_names_plugin_and_can_be_disabled(tmp_path, quiet):
             plugins.pm.unregister(name="bad-callback")
 
 
-def test_tiny_loss_follows_the_config_of_each_run(tmp_path, quiet):
+def test_tiny_loss_follows_the_config_of_each_run(tmp_path, quiet, trainhub_register):
     from torch import nn
 
-    from trainhub.plugins import get_plugins
-    from trainhub.training.run import resolve_config, train
+    from trainhub.training.run import train
 
-    plugins = get_plugins()
-    recipe = plugins.recipe("tiny")
-    train("tiny", overrides=quiet + ["train.max_steps=1", "data.loss=mse"], run_dir=tmp_path / "a")
-    assert isinstance(recipe._loss(resolve_config(recipe, plugins, None, ["data.loss=l1"])), nn.L1Loss)
+    losses = []
+
+    class Watch:
+        @hookimpl
+        def trainhub_run_start(self, run):
+            losses.append(type(run.recipe.loss_fn))
+
+    trainhub_register(Watch())
+    for loss in ("mse", "l1"):
+        train("tiny", overrides=quiet + ["train.max_steps=1", f"data.loss={loss}"], run_dir=tmp_path / loss)
+    assert losses == [nn.MSELoss, nn.L1Loss]
 
 
 def test_logger_that_fails_to_start_is_named(tmp_path, quiet, trainhub_register):
@@ -212,3 +218,52 @@ def test_misspelled_hook_is_an_error_naming_the_plugin(trainhub_register):
 
     with pytest.raises(PluginError, match=r"plugin 'typo' \(test\).*trainhub_stepend"):
         trainhub_register(Typo(), name="typo")
+
+
+def test_every_run_gets_its_own_recipe_instance(monkeypatch, installed):
+    """A recipe keeps per-run state on ``self`` safely: registered as a class, by reference or as an instance (then
+    copied), each lookup builds a new one."""
+    p = _plugins(monkeypatch, installed, "good")
+    for name in ("tiny", "shifted_tiny"):  # by reference, and an instance registered by the test plugin
+        a, b = p.recipe(name), p.recipe(name)
+        assert a is not b and type(a) is type(b) and a.name == name
+    a.cached = "state of one run"
+    assert not hasattr(p.recipe("shifted_tiny"), "cached")
+
+
+def test_a_recipe_registered_by_reference_is_listed_without_importing_it(monkeypatch):
+    from trainhub.plugins import RecipeEntry
+
+    class Plugin:
+        @hookimpl
+        def trainhub_register_recipes(self, register):
+            register("lazy", "no_such_package.recipe:Lazy", config="trainhub.builtin.tiny_config:TinyConfig",
+                     description="registered by reference")
+
+    p = Plugins()
+    p.add(Plugin(), "lazy-plugin", "lazy-dist")
+    entry = p.recipe_entry("lazy")
+    assert isinstance(entry, RecipeEntry) and entry.description == "registered by reference"
+    assert entry.config_class.__name__ == "TinyConfig" and entry.package == "no_such_package"
+    with pytest.raises(ModuleNotFoundError):
+        p.recipe("lazy")
+
+
+def test_a_reference_whose_recipe_disagrees_with_its_registration_is_refused():
+    class Plugin:
+        @hookimpl
+        def trainhub_register_recipes(self, register):
+            register("not_tiny", "trainhub.builtin.tiny:TinyRecipe", config="trainhub.builtin.tiny_config:TinyConfig")
+
+    p = Plugins()
+    p.add(Plugin(), "liar", "liar-dist")
+    with pytest.raises(PluginError, match="registered with name 'not_tiny'.*TinyRecipe has name 'tiny'"):
+        p.recipe("not_tiny")
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["list"], ["plugins"], ["config", "tiny"], ["run", "tiny", "--help"]])
+def test_commands_that_only_list_or_describe_import_no_torch(argv):
+    code = ("import sys\nfrom trainhub.cli import main\ntry:\n    main(%r)\nexcept SystemExit:\n    pass\n"
+            "print('\\nIMPORTED', 'torch' in sys.modules, sorted(m for m in sys.modules if m.endswith('.recipe')))" % argv)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "IMPORTED False []", out[-2000:]

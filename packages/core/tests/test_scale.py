@@ -91,7 +91,7 @@ class Blocky(nn.Module):
 
 def test_activation_checkpointing_recomputes_blocks_with_equal_gradients():
     from trainhub.recipe import Recipe
-    from trainhub.training.trainer import checkpoint_blocks
+    from trainhub.training.devices import checkpoint_blocks
 
     torch.manual_seed(0)
     a = Blocky()

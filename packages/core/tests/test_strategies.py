@@ -9,9 +9,11 @@ import torch.nn.functional as F
 from pydantic import Field
 from safetensors.torch import load_file
 
-from trainhub.builtin.tiny import TinyConfig, TinyRecipe
-from trainhub.training.data import GroupedSampler
-from trainhub.kit.distill import DistillConfig, load_teacher
+from trainhub.builtin.tiny import TinyRecipe
+from trainhub.builtin.tiny_config import TinyConfig
+from trainhub.builtin.samplers import GroupedSampler
+from trainhub.config import DistillConfig
+from trainhub.kit.distill import load_teacher
 from trainhub.training.run import train
 from trainhub.testing import assert_same_weights
 

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from trainhub import UserError
-from trainhub.training.run import resolve_config
+from trainhub.resolve import resolve_config
 from trainhub_dit.data import EmbeddedShapes, center_crop_image, coco, custom_folder, image_folder
 from trainhub_dit.recipe import DiTRecipe
 

@@ -10,7 +10,8 @@ import torch
 pytest.importorskip("diffusers")
 
 from trainhub.plugins import get_plugins  # noqa: E402
-from trainhub.training.run import resolve_config, train  # noqa: E402
+from trainhub.resolve import resolve_config
+from trainhub.training.run import train  # noqa: E402
 from trainhub_dit.data import EmbeddedShapes  # noqa: E402
 from trainhub_dit.latents import LatentShards, encode, load_vae  # noqa: E402
 from trainhub_dit.recipe import model_shape  # noqa: E402

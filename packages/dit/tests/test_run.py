@@ -22,7 +22,7 @@ def test_config_schema_and_shipped_configs() -> None:
     assert_config_schema("dit", files=[configs / "default.yaml", configs / "dit_xl2_256.yaml"])
     # default.yaml is the embedded run written out: the same config as no file at all
     from trainhub.plugins import get_plugins
-    from trainhub.training.run import resolve_config
+    from trainhub.resolve import resolve_config
 
     recipe = get_plugins().recipe("dit")
     written = resolve_config(recipe, get_plugins(), str(configs / "default.yaml"), []).model_dump()
@@ -89,7 +89,7 @@ def official_checkpoint(path, config, num_classes=None, with_ema=True):
 
 def micro_config(micro):
     from trainhub.plugins import get_plugins
-    from trainhub.training.run import resolve_config
+    from trainhub.resolve import resolve_config
 
     return resolve_config(get_plugins().recipe("dit"), get_plugins(), None, micro)
 

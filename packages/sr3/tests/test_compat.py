@@ -11,7 +11,7 @@ import torch
 from trainhub import UserError
 from trainhub.config import strip_json_comments
 from trainhub.plugins import get_plugins
-from trainhub.training.run import resolve_config
+from trainhub.resolve import resolve_config
 
 DATA = Path(__file__).parent / "data"
 REFERENCE_OBJECTIVE = ["model.unet.noise_encoding=sqrt_gamma", "model.prediction=eps", "model.residual=false"]

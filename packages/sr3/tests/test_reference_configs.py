@@ -19,7 +19,8 @@ import torch
 
 from trainhub.config import strip_json_comments
 from trainhub.plugins import get_plugins
-from trainhub.training.run import resolve_config, train
+from trainhub.resolve import resolve_config
+from trainhub.training.run import train
 
 DATA = Path(__file__).parent / "data"
 FILES = ["sr_sr3_16_128.json", "sr_sr3_64_512.json", "sr_ddpm_16_128.json", "sample_sr3_128.json", "sample_ddpm_128.json"]

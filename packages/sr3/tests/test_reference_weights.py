@@ -93,7 +93,7 @@ def test_resume_with_the_reference_json_takes_its_norm_groups(tmp_path, prepared
           "loader.num_workers=0", "train.max_steps=1201", "train.eval_at_end=false", "train.checkpoint_every=0"]
     res = train("sr3", config_file=small, overrides=ov, run_dir=tmp_path / "run", resume=str(prefix))
     assert res.step == 1201
-    from trainhub.training.run import resolve_config
+    from trainhub.resolve import resolve_config
 
     m = resolve_config(get_plugins().recipe("sr3"), get_plugins(), res.run_dir / "config.yaml").model
     assert (m.unet.norm_groups, m.reference_config) == (8, str(small))
@@ -132,7 +132,7 @@ def test_import_reference_with_its_json(tmp_path, prepared, capsys):
 
 
 def test_import_reference_without_a_json_reads_the_weights_and_applies_the_reference_settings(tmp_path, capsys):
-    from trainhub.training.run import resolve_config
+    from trainhub.resolve import resolve_config
 
     from trainhub_sr3.model import NoiseLevelEncoding
     from trainhub_sr3.recipe import build_unet

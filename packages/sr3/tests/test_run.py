@@ -32,3 +32,22 @@ def test_30_steps_resume_exactly_and_evaluate(tmp_path, tiny, interrupt_and_resu
                         "--steps", "3", "--out", str(tmp_path / "out")], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert Image.open(tmp_path / "out" / "lr_sr.png").size == (5 * 4, 6 * 4)
+
+
+def test_two_runs_in_one_process_each_train_on_their_own_schedule(tmp_path, tiny, trainhub_register):
+    """Each run builds its own recipe: the second run's 50-step schedule is not the first run's 100-step one."""
+    from trainhub import hookimpl
+
+    seen = []
+
+    class Watch:
+        @hookimpl
+        def trainhub_run_start(self, run):
+            seen.append((run.recipe, len(run.recipe.noise_schedule(run.models)["betas"])))
+
+    trainhub_register(Watch())
+    for n in (100, 50):
+        train("sr3", overrides=tiny + ["train.max_steps=2", "train.eval_every=0", "train.eval_at_end=false",
+                                       f"model.beta_schedule.train.n_timestep={n}"], run_dir=tmp_path / f"n{n}")
+    (first, n_first), (second, n_second) = seen
+    assert (n_first, n_second) == (100, 50) and first is not second

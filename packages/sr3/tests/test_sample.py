@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from trainhub.plugins import get_plugins
-from trainhub.training.run import resolve_config
+from trainhub.resolve import resolve_config
 
 
 def _config(overrides):

@@ -30,7 +30,7 @@ def tiny(tiny_cache: Path) -> list[str]:
 @pytest.fixture
 def tiny_data():
     """A small data section for preparation tests: ``tiny_data(num_files=..)``."""
-    from trainhub_timbre_gan.recipe import SynthConfig, TimbreData
+    from trainhub_timbre_gan.config import SynthConfig, TimbreData
 
     def make(num_files: int = 6, **kw):
         return TimbreData(synth=SynthConfig(num_files=num_files, seconds=1.0), val_every=3, **kw)

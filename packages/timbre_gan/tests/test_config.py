@@ -6,7 +6,7 @@ import pytest
 
 from trainhub.cli import main
 from trainhub.plugins import get_plugins
-from trainhub.training.run import shipped_configs
+from trainhub.resolve import shipped_configs
 
 
 def test_schema_and_shipped_configs(check_config_schema):

@@ -10,7 +10,8 @@ from safetensors.torch import load_file
 
 from trainhub.cli import main
 from trainhub.plugins import get_plugins
-from trainhub.training.run import resolve_config, train
+from trainhub.resolve import resolve_config
+from trainhub.training.run import train
 from trainhub.testing import read_metrics_file
 
 from trainhub_timbre_gan.recipe import prepared_dir

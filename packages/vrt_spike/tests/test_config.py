@@ -10,7 +10,7 @@ import pytest
 
 from trainhub import UserError
 from trainhub.plugins import get_plugins
-from trainhub.training.run import resolve_config
+from trainhub.resolve import resolve_config
 from trainhub_vrt_spike.seed_config import CONFIG_DIR
 
 DATA = Path(__file__).parent / "data"
@@ -41,7 +41,7 @@ def test_presets(monkeypatch):
     low = resolve(CONFIG_DIR / "lowmem.yaml")
     assert low.data.cache_size_gb == 20.0 and low.data.total_workers == 8 and low.train.gradient_accumulation_steps == 4
     assert low.model.depths == opt.model.depths and low.model.window() == (6, 7, 7)
-    from trainhub_vrt_spike.data import cpu_count
+    from trainhub_vrt_spike.config import cpu_count
 
     assert low.loader.num_workers == min(8, cpu_count())  # total_workers decides loader.num_workers (one process here)
     prog = resolve(CONFIG_DIR / "progressive.yaml")

@@ -14,7 +14,8 @@ from trainhub import UserError
 from trainhub_vrt_spike import simulate as sim
 from trainhub_vrt_spike import spike as S
 from trainhub_vrt_spike.cache import LRUCache
-from trainhub_vrt_spike.data import SpikeDeblurDataset, total_workers
+from trainhub_vrt_spike.config import total_workers
+from trainhub_vrt_spike.data import SpikeDeblurDataset
 
 
 @pytest.fixture(scope="module")

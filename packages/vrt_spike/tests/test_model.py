@@ -152,7 +152,7 @@ def test_flow_weights_load_from_a_local_file(tmp_path, tiny):
 
     from trainhub import UserError
     from trainhub.plugins import get_plugins
-    from trainhub.training.run import resolve_config
+    from trainhub.resolve import resolve_config
     from trainhub_vrt_spike.recipe import build_model
 
     plugins = get_plugins()

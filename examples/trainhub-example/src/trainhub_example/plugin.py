@@ -9,10 +9,9 @@ from trainhub import hookimpl
 
 @hookimpl
 def trainhub_register_models(register: Callable[..., None]) -> None:
-    """A model variant for core's ``tiny`` recipe: ``trainhub run tiny model.name=example-resmlp``."""
-    from trainhub_example.resmlp import ResidualMLP
-
-    register("example-resmlp", ResidualMLP)
+    """A model variant for core's ``tiny`` recipe: ``trainhub run tiny model.name=example-resmlp``. Registered by
+    reference: the module (and torch) is imported when a run builds the model, not when ``trainhub list`` runs."""
+    register("example-resmlp", "trainhub_example.resmlp:ResidualMLP")
 
 
 @hookimpl

@@ -12,12 +12,12 @@ hookimpl = pluggy.HookimplMarker("trainhub")
 from trainhub.errors import ConfigError, PluginError, TrainingStopped, UserError  # noqa: E402
 
 if TYPE_CHECKING:
-    from trainhub.config import EMAConfig, LoaderConfig, RunConfig, Section, TrainConfig
+    from trainhub.config import DistillConfig, EMAConfig, LoaderConfig, RunConfig, Section, TrainConfig
     from trainhub.recipe import EvalContext, ForeignResume, OptimizerSpec, Recipe, StepContext
 
 # Imported on first use: ``import trainhub`` stays light (pluggy only), so the ``trainhub`` command installs its
 # Ctrl-C handler before torch's import (3-5 s) instead of after it.
-_LAZY = {**dict.fromkeys(("EMAConfig", "LoaderConfig", "RunConfig", "Section", "TrainConfig"), "trainhub.config"),
+_LAZY = {**dict.fromkeys(("DistillConfig", "EMAConfig", "LoaderConfig", "RunConfig", "Section", "TrainConfig"), "trainhub.config"),
          **dict.fromkeys(("EvalContext", "ForeignResume", "OptimizerSpec", "Recipe", "StepContext"), "trainhub.recipe")}
 
 
@@ -41,6 +41,7 @@ __all__ = [
     "Section",
     "TrainConfig",
     "EMAConfig",
+    "DistillConfig",
     "LoaderConfig",
     "UserError",
     "ConfigError",

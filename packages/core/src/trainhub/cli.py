@@ -203,7 +203,7 @@ def cmd_list(args: argparse.Namespace, rest: list[str]) -> int:
 
     plugins = get_plugins()
     for name, reg in sorted(plugins.registry["recipes"].items()):
-        print(f"{name:<14} {reg.distribution:<22} {getattr(reg.obj, 'description', '')}")
+        print(f"{name:<14} {reg.distribution:<22} {reg.obj.description}")
     for name, err in sorted(plugins.failed.items()):
         print(f"{name:<14} FAILED: {err}")
     return 0
@@ -225,18 +225,18 @@ def cmd_plugins(args: argparse.Namespace, rest: list[str]) -> int:
 def cmd_config(args: argparse.Namespace, rest: list[str]) -> int:
     from trainhub import config as C
     from trainhub.plugins import get_plugins
-    from trainhub.training.run import config_class_for, resolve_config, shipped_configs
+    from trainhub.resolve import config_class_for, resolve_config, shipped_configs
 
     plugins = get_plugins()
-    recipe = plugins.recipe(args.recipe)
+    entry = plugins.recipe_entry(args.recipe)  # the config class alone: no recipe module, no torch
     if args.list:
-        for name, path in shipped_configs(recipe).items():
+        for name, path in shipped_configs(entry).items():
             print(f"{name:<20} {path}")
         return 0
-    if args.name:
-        print(C.to_yaml(resolve_config(recipe, plugins, args.name)), end="")
+    if args.name:  # a shipped file may be a foreign layout that the recipe maps
+        print(C.to_yaml(resolve_config(plugins.recipe(args.recipe), plugins, args.name)), end="")
         return 0
-    cls = config_class_for(recipe, plugins)
+    cls = config_class_for(entry, plugins)
     print(C.json_schema(cls) if args.schema else C.to_yaml(cls()), end="" if not args.schema else "\n")
     return 0
 
@@ -252,7 +252,7 @@ def cmd_doctor(args: argparse.Namespace, rest: list[str]) -> int:
 def _load_for_inference(command: str, recipe_name: str, checkpoint: str, ema: bool, overrides: list[str]) -> tuple[Any, Any, dict, Path]:
     from trainhub.training import checkpoint as ckpt
     from trainhub.plugins import get_plugins
-    from trainhub.training.run import resolve_config
+    from trainhub.resolve import resolve_config
 
     plugins = get_plugins()
     recipe = plugins.recipe(recipe_name)
@@ -280,7 +280,7 @@ def cmd_sample(args: argparse.Namespace, rest: list[str]) -> int:
     recipe.add_sample_arguments(p)
     sargs = p.parse_args(rest[1:])
     recipe, config, models, path = _load_for_inference("sample", recipe_name, sargs.checkpoint, not sargs.no_ema, [])
-    from trainhub.training.trainer import select_device
+    from trainhub.training.devices import select_device
 
     device = select_device(sargs.device)
     models = {k: m.to(device).eval() for k, m in models.items()}
@@ -316,7 +316,7 @@ def cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
     from trainhub.training.data import build_loader
     from trainhub.kit.media import MediaWriter
     from trainhub.recipe import EvalContext
-    from trainhub.training.trainer import select_device, select_precision
+    from trainhub.training.devices import select_device, select_precision
 
     recipe, config, models, path = _load_for_inference("eval", args.recipe, args.checkpoint, not args.no_ema, args.overrides)
     device = select_device(config.train.device)

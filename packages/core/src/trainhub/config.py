@@ -33,6 +33,19 @@ class EMAConfig(Section):
     every: int = Field(1, ge=1, description="update EMA every N optimizer steps")
 
 
+class DistillConfig(Section):
+    """Knowledge distillation from a trained teacher of the same recipe (:mod:`trainhub.kit.distill`): a recipe that
+    supports it adds a ``distill`` section of this type."""
+
+    teacher: Optional[str] = Field(None, description="teacher checkpoint or run directory (same recipe, any config)")
+    teacher_overrides: list[str] = Field(default_factory=list, description="overrides of the teacher's saved config")
+    output_weight: float = Field(1.0, ge=0.0, description="weight of the student-teacher output loss")
+    feature_weight: float = Field(0.0, ge=0.0, description="weight of intermediate-feature losses, where exposed")
+    use_ema: bool = Field(True, description="load the teacher's EMA weights")
+    init_from_teacher: bool = Field(False, description="start the student from the teacher's weights (a spread subset of "
+                                    "its layers where the student is shallower; recipes that support it; needs teacher)")
+
+
 class DataPhase(Section):
     """From epoch ``from_epoch`` on, train with these ``data`` settings (and optionally batch size)."""
 
@@ -49,13 +62,18 @@ class TrainConfig(Section):
     auto_batch_max: int = Field(1024, ge=1)
     auto_batch_margin: float = Field(0.05, ge=0.0, lt=1.0, description="fraction taken off the largest fitting batch")
     gradient_accumulation_steps: int = Field(1, ge=1)
-    optimizer: Literal["adamw", "adam"] = "adamw"
+    optimizer: str = Field("adamw", description="a registered optimizer: adamw, adam, sgd, or a plugin's (trainhub plugins "
+                           "lists them)")
+    optimizer_args: dict[str, Any] = Field(default_factory=dict, description="the optimizer's other keyword arguments, "
+                                           "e.g. {momentum: 0.9, nesterov: true} for sgd")
     lr: float = Field(1e-4, gt=0.0)
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = Field(0.0, ge=0.0)
     eps: float = Field(1e-8, gt=0.0)
     fused: Optional[bool] = Field(None, description="fused AdamW kernel; null = on for CUDA")
-    schedule: Literal["constant", "cosine", "linear"] = "constant"
+    schedule: str = Field("constant", description="a registered lr schedule: constant, cosine, linear (each after "
+                          "warmup_steps), or a plugin's")
+    schedule_args: dict[str, Any] = Field(default_factory=dict, description="the schedule's other keyword arguments")
     warmup_steps: int = Field(0, ge=0)
     min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0)
     max_grad_norm: Optional[float] = Field(1.0, gt=0.0, description="clip after unscale; null = no clipping")
@@ -69,6 +87,8 @@ class TrainConfig(Section):
     eval_at_end: bool = True
     checkpoint_every: int = Field(0, ge=0, description="optimizer steps between checkpoints; 0 = only at the end")
     checkpoint_every_epoch: bool = False
+    checkpoint_at_end: bool = Field(True, description="save when the run completes; false with checkpoint_every 0: no "
+                                    "checkpoint at all (benchmarks, sweeps). An interrupted run always saves")
     keep_last: int = Field(3, ge=1)
     best_metric: Optional[str] = None
     best_mode: Literal["min", "max"] = "min"
@@ -80,7 +100,8 @@ class TrainConfig(Section):
     compile: bool = False
     activation_checkpointing: bool = Field(False, description="recompute each block's activations in backward (Recipe.blocks)")
     channels_last: bool = False
-    measure_flops: bool = Field(True, description="count FLOPs per sample on the first step; logs tflops and mfu (CUDA)")
+    measure_flops: bool = Field(True, description="count the FLOPs of the first optimizer step as it runs; logs tflops "
+                                "and, on CUDA, mfu")
     strategy: Literal["ddp", "fsdp"] = Field("ddp", description="ddp, or fsdp (FSDP2 fully_shard per block; for large models)")
 
     @field_validator("batch_size", mode="before")
@@ -107,6 +128,9 @@ class LoaderConfig(Section):
     group_window: Optional[int] = Field(
         None, ge=1, description="keep samples of a group (a dataset's sample_groups, e.g. video sequences) together in windows of N"
     )
+    sampler: str = Field("auto", description="a registered training sampler: random, grouped (sample_groups in windows of "
+                         "group_window), or a plugin's; auto: grouped when group_window is set and the data has groups")
+    sampler_args: dict[str, Any] = Field(default_factory=dict, description="the sampler's other keyword arguments")
 
 
 class RunConfig(Section):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib
 import importlib.metadata as md
 import os
@@ -26,16 +27,78 @@ ENV_ALLOW = "TRAINHUB_PLUGINS"
 #: Set to 1 to print every hook call (hook, plugin, simple arguments, duration) to stderr.
 ENV_TRACE = "TRAINHUB_TRACE_HOOKS"
 
-REGISTRIES = ("recipes", "models", "datasets", "losses", "loggers")
+REGISTRIES = ("recipes", "models", "datasets", "losses", "loggers", "optimizers", "schedules", "samplers")
+
+
+def import_ref(ref: str) -> Any:
+    """The object a ``"package.module:attr"`` reference names."""
+    module, _, attr = ref.partition(":")
+    obj: Any = importlib.import_module(module)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def is_ref(obj: Any) -> bool:
+    return isinstance(obj, str) and ":" in obj
 
 
 @dataclass
 class Registered:
     name: str
-    obj: Any
+    obj: Any  # the object, or a "module:attr" reference to it (see load)
     plugin: str  # plugin name in the manager
     distribution: str  # "trainhub" for built-ins, else the distribution that provides the entry point
     extra: tuple = ()
+
+    def load(self) -> Any:
+        """The registered object, imported on first use when it was registered by reference."""
+        if is_ref(self.obj):
+            try:
+                self.obj = import_ref(self.obj)
+            except Exception as exc:
+                raise PluginError(f"{self.name!r} (plugin {self.plugin!r}, {self.distribution}): cannot import "
+                                  f"{self.obj}: {type(exc).__name__}: {exc}") from None
+        return self.obj
+
+
+@dataclass
+class RecipeEntry:
+    """A registered recipe: its name and description, known without importing it, and how to build one per run."""
+
+    name: str
+    description: str
+    source: Any  # a Recipe subclass, a "module:Class" reference to one, or an instance (copied for every run)
+    config: Any = None  # the config class or a reference to it; None: the recipe class's ``config_class``
+
+    def recipe_class(self) -> type:
+        if is_ref(self.source):
+            self.source = import_ref(self.source)
+        return self.source if isinstance(self.source, type) else type(self.source)
+
+    @property
+    def config_class(self) -> type:
+        """The recipe's config class (imports only the config module when registered by reference)."""
+        if self.config is None:
+            self.config = self.recipe_class().config_class
+        elif is_ref(self.config):
+            self.config = import_ref(self.config)
+        return self.config
+
+    @property
+    def package(self) -> str:
+        """The top-level package the recipe comes from (where its shipped ``configs/`` are)."""
+        module = self.source.partition(":")[0] if is_ref(self.source) else self.recipe_class().__module__
+        return module.split(".")[0]
+
+    def build(self) -> Any:
+        """A new recipe instance: each run has its own, so per-run state never leaks into the next run."""
+        cls = self.recipe_class()
+        if cls.name != self.name or (self.config is not None and cls.config_class is not self.config_class):
+            raise PluginError(f"recipe {self.name!r} was registered with name {self.name!r} and config "
+                              f"{self.config_class.__name__}, but {cls.__name__} has name {cls.name!r} and config "
+                              f"{cls.config_class.__name__}")
+        return copy.deepcopy(self.source) if not isinstance(self.source, type) else cls()
 
 
 @dataclass
@@ -144,11 +207,9 @@ class Plugins:
     def _registrar(self, kind: str, plugin: str, dist: str) -> Callable[..., None]:
         table = self.registry[kind]
 
-        def register(name_or_obj: Any, obj: Any = None, *extra: Any) -> None:
+        def register(name_or_obj: Any, obj: Any = None, *extra: Any, **kw: Any) -> None:
             if kind == "recipes":
-                obj, name = name_or_obj, getattr(name_or_obj, "name", None)
-                if not isinstance(name, str) or not name:
-                    raise PluginError(f"plugin {plugin!r} registered a recipe without a name")
+                name, obj = _recipe_entry(plugin, name_or_obj, obj, **kw)
             else:
                 name = name_or_obj
                 if obj is None:
@@ -165,18 +226,29 @@ class Plugins:
         return register
 
     # ---- lookup --------------------------------------------------------------------------------
-    def get(self, kind: str, name: str) -> Any:
+    def entry(self, kind: str, name: str, key: str = "") -> Registered:
+        """The registration of ``name``; an unknown name is one line listing the known ones (naming ``key``, the
+        config key that chose it, where there is one)."""
         table = self.registry[kind]
         if name not in table:
             known = ", ".join(sorted(table)) or "none"
             hint = ""
             if kind == "recipes" and self.failed:
                 hint = f" (plugins that failed to load: {', '.join(sorted(self.failed))})"
-            raise PluginError(f"unknown {kind[:-1]} {name!r}; available: {known}{hint}")
-        return table[name].obj
+            what = f"{key}={name}: unknown {kind[:-1]}" if key else f"unknown {kind[:-1]} {name!r}"
+            raise PluginError(f"{what}; available: {known}{hint}")
+        return table[name]
+
+    def get(self, kind: str, name: str, key: str = "") -> Any:
+        return self.entry(kind, name, key).load()
+
+    def recipe_entry(self, name: str) -> RecipeEntry:
+        """Name, description and config class of a recipe, without building it."""
+        return self.entry("recipes", name).obj
 
     def recipe(self, name: str) -> Any:
-        return self.get("recipes", name)
+        """A new instance of recipe ``name`` (one per run: see :class:`RecipeEntry`)."""
+        return self.recipe_entry(name).build()
 
     def model(self, name: str) -> Callable[..., Any]:
         return self.get("models", name)
@@ -207,3 +279,16 @@ def _version(dist: str) -> str:
         return md.version(dist)
     except md.PackageNotFoundError:
         return ""
+
+
+def _recipe_entry(plugin: str, first: Any, ref: Any = None, config: Any = None, description: str = "") -> tuple[str, RecipeEntry]:
+    """``register(MyRecipe)``, ``register(MyRecipe())`` or ``register("name", "module:Class", config=..., description=...)``."""
+    if isinstance(first, str):
+        if not is_ref(ref):
+            raise PluginError(f"plugin {plugin!r}: register({first!r}, ...) needs a 'module:Class' reference to the recipe")
+        return first, RecipeEntry(first, description, ref, config)
+    name = getattr(first, "name", None)
+    if not isinstance(name, str) or not name:
+        raise PluginError(f"plugin {plugin!r} registered a recipe without a name")
+    return name, RecipeEntry(name, description or getattr(first, "description", ""), first)
+

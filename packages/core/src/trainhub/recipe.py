@@ -26,7 +26,8 @@ if TYPE_CHECKING:
 class OptimizerSpec:
     """One optimizer over the parameters of the named models.
 
-    Values left ``None`` come from ``config.train`` (optimizer, lr, betas, weight_decay, eps).
+    Values left ``None`` come from ``config.train`` (optimizer, lr, betas, weight_decay, max_grad_norm);
+    ``optimizer`` names a registered optimizer (``trainhub_register_optimizers``).
     """
 
     models: tuple[str, ...]
@@ -34,6 +35,7 @@ class OptimizerSpec:
     betas: Optional[tuple[float, float]] = None
     weight_decay: Optional[float] = None
     max_grad_norm: Optional[float] = None
+    optimizer: Optional[str] = None
 
 
 @dataclass

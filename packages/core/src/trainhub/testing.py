@@ -69,7 +69,7 @@ def assert_config_schema(recipe: Any, files: Iterable[Any] = ()) -> None:
     from trainhub import config as C
     from trainhub.errors import ConfigError
     from trainhub.plugins import get_plugins
-    from trainhub.training.run import config_class_for
+    from trainhub.resolve import config_class_for
 
     plugins = get_plugins()
     rec = plugins.recipe(recipe) if isinstance(recipe, str) else recipe

@@ -22,15 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainhub_dit.sizes import PATCHES, SIZES
+
 # name -> (depth, hidden size, heads); S/B/L/XL are the paper's, Ti is ours for CPU demos and tests
-SIZES: dict[str, tuple[int, int, int]] = {
-    "XL": (28, 1152, 16),
-    "L": (24, 1024, 16),
-    "B": (12, 768, 12),
-    "S": (12, 384, 6),
-    "Ti": (6, 192, 3),
-}
-PATCHES = (2, 4, 8)
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

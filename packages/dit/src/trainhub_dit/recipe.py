@@ -15,90 +15,21 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Callable, Optional
 
 import torch
-from pydantic import Field
 from torch import nn
 from torch.utils.data import Dataset
 
-from trainhub import EMAConfig, EvalContext, ForeignResume, Recipe, RunConfig, Section, StepContext, TrainConfig, UserError
+from trainhub import EMAConfig, EvalContext, ForeignResume, Recipe, StepContext, UserError
 from trainhub.kit.media import make_grid
 
 from trainhub_dit import compat
+from trainhub_dit.config import DiTConfig
 from trainhub_dit.data import EmbeddedShapes, ImageFiles, coco, custom_folder, image_folder
 from trainhub_dit.diffusion import GaussianDiffusion, guided, linear_betas
 from trainhub_dit.latents import LatentShards, decode, encode, load_vae, precompute, read_index, vae_shape
 from trainhub_dit.metrics import fid, fid_unavailable
-
-
-class DiTModelConfig(Section):
-    name: str = Field("DiT-Ti/4", description="a registered model: DiT-{S,B,L,XL}/{2,4,8} (the paper's), DiT-Ti/{2,4,8} "
-                      "(tiny, for CPU), or a third party's variant")
-    num_classes: int = Field(4, ge=1, description="class labels 0..N-1 (1 for unconditional data)")
-    class_dropout_prob: float = Field(0.1, ge=0.0, lt=1.0, description="label drop rate in training (enables guidance)")
-    learn_sigma: bool = Field(True, description="predict the variance too (hybrid MSE + VLB loss)")
-    input_size: Optional[int] = Field(None, ge=1, description="spatial size the model sees; null: data.image_size, "
-                                      "or the latent size in latent mode")
-    in_channels: Optional[int] = Field(None, ge=1, description="null: 3 for pixels, the VAE's latent channels in latent mode")
-    diffusion_steps: int = Field(1000, ge=2, description="training timesteps of the linear schedule")
-
-
-class DiTDataConfig(Section):
-    source: Literal["embedded", "custom", "imagefolder", "coco", "latents"] = Field(
-        "embedded", description="embedded procedural classes; custom: a folder of images (unconditional); imagefolder: "
-        "one class per subfolder; coco: annotation JSON + images; latents: precomputed by precompute-latents")
-    root: Optional[str] = Field(None, description="image folder (custom, imagefolder, coco images) or latents folder")
-    annotations: Optional[str] = Field(None, description="coco: the annotation JSON")
-    coco_labels: Literal["category", "none"] = Field("category", description="coco: label = category of the largest "
-                                                     "annotation, or none (unconditional)")
-    val_root: Optional[str] = Field(None, description="validation data of the same source (val loss, FID reference)")
-    val_annotations: Optional[str] = None
-    image_size: int = Field(32, ge=8, description="images are centre-cropped (or resized) to this square size")
-    center_crop: bool = Field(True, description="ADM centre crop; false: resize the whole image to a square")
-    hflip: bool = Field(True, description="random horizontal flips")
-    num_samples: Optional[int] = Field(None, ge=1, description="use a fixed random subset of this many samples; "
-                                       "embedded: how many to draw (default 8192)")
-    on_error: Literal["skip", "stop"] = Field("skip", description="an unreadable image is replaced by the next readable "
-                                              "one with a warning, or stops the run")
-    vae: Optional[str] = Field(None, description="local diffusers AutoencoderKL directory: train in its latent space "
-                               "(encoding on the fly unless source=latents)")
-    space: Literal["auto", "pixel", "latent"] = Field("auto", description="auto: latent when data.vae is set or "
-                                                      "source=latents, else pixel")
-    latent_scale: float = Field(0.18215, gt=0.0, description="latents are multiplied by this (Stable Diffusion VAE)")
-    vae_slicing: bool = Field(True, description="run the VAE one image at a time (less memory)")
-
-
-class DiTEvalConfig(Section):
-    sampler: Literal["ddpm", "ddim"] = "ddpm"
-    steps: int = Field(250, ge=1, description="respaced sampling steps")
-    cfg_scale: float = Field(4.0, ge=1.0, description="classifier-free guidance scale (1 = off)")
-    cfg_channels: Optional[int] = Field(None, ge=1, description="output channels guided; null: all noise channels; 3: as "
-                                        "the official sample.py (it guides only the first three of the four latent channels)")
-    classes: Optional[list[int]] = Field(None, description="classes shown in the sample grid (default: the first 8)")
-    samples_per_class: int = Field(4, ge=1)
-    val_batches: int = Field(8, ge=0, description="validation batches for val_loss (0 = all)")
-    fid_inception_weights: Optional[str] = Field(None, description="local Inception-v3 weights file (torch-fidelity's); "
-                                                 "FID is skipped without it")
-    fid_num_samples: int = Field(1000, ge=2, description="generated images for FID (random classes), compared with as "
-                                 "many validation images")
-
-
-class DiTConfig(RunConfig):
-    """The defaults are the embedded CPU run: the DiT training guide's optimiser setup (batch 4 x accumulation 4, AdamW,
-    weight decay 0, warmup + cosine, clipping 1.0, bf16/fp16 autocast on GPUs, checkpoints at epoch ends) with a higher
-    learning rate (2e-3 after 100 warm-up steps), a faster EMA (0.995) and 1000 steps, so that a 4M-parameter model
-    shows its classes after minutes on a CPU. configs/dit_xl2_256.yaml has the guide's values in full (lr 1e-4,
-    warmup 500, EMA 0.9999)."""
-
-    model: DiTModelConfig = DiTModelConfig()
-    data: DiTDataConfig = DiTDataConfig()
-    eval: DiTEvalConfig = DiTEvalConfig(steps=50, cfg_scale=3.0)
-    train: TrainConfig = TrainConfig(
-        batch_size=4, gradient_accumulation_steps=4, lr=2e-3, optimizer="adamw", weight_decay=0.0, schedule="cosine",
-        warmup_steps=100, max_grad_norm=1.0, precision="auto", ema=dict(decay=0.995), checkpoint_every_epoch=True,
-        max_steps=1000, eval_every=250, checkpoint_every=0, log_every=25,
-    )
 
 
 # the official train.py updates its EMA every step at this decay (update_ema's default)
@@ -367,8 +298,8 @@ class DiTRecipe(Recipe):
 
     def _precompute_latents(self, argv: list[str]) -> None:
         from trainhub.plugins import get_plugins
-        from trainhub.training.run import resolve_config
-        from trainhub.training.trainer import select_device
+        from trainhub.resolve import resolve_config
+        from trainhub.training.devices import select_device
 
         p = argparse.ArgumentParser(prog="trainhub dit precompute-latents", description="Encode a dataset once with the VAE "
                                     "(data.vae) into safetensors shards, each image and its mirror image; train on them with "
@@ -403,7 +334,7 @@ class DiTRecipe(Recipe):
         from trainhub import config as C
         from trainhub.training.checkpoint import write_json_atomic
         from trainhub.plugins import get_plugins
-        from trainhub.training.run import resolve_config
+        from trainhub.resolve import resolve_config
 
         p = argparse.ArgumentParser(prog="trainhub dit import-official", description="Turn an official DiT checkpoint "
                                     "(released weights or a train.py checkpoint) into a trainhub run directory, so that "
@@ -457,7 +388,7 @@ class DiTRecipe(Recipe):
         import contextlib
 
         from trainhub.kit.media import save_png, to_uint8_image
-        from trainhub.training.trainer import select_precision
+        from trainhub.training.devices import select_precision
 
         e = config.eval
         device = args.device

@@ -67,7 +67,7 @@ def import_reference(recipe: Any, argv: list[str]) -> Path:
     from trainhub import config as C
     from trainhub.training.checkpoint import write_json_atomic
     from trainhub.plugins import get_plugins
-    from trainhub.training.run import resolve_config
+    from trainhub.resolve import resolve_config
 
     from trainhub_sr3.recipe import build_unet, check_model_config, parse_sizes
 

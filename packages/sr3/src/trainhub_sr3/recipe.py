@@ -13,99 +13,21 @@ import argparse
 import functools
 import sys
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Callable, Optional
 
 import torch
-from pydantic import Field
 from torch import nn
 from torch.utils.data import Dataset
 
-from trainhub import EvalContext, ForeignResume, Recipe, RunConfig, Section, StepContext, TrainConfig, UserError
+from trainhub import EvalContext, ForeignResume, Recipe, StepContext, UserError
 from trainhub.kit.media import make_grid
 
 from trainhub_sr3 import compat
+from trainhub_sr3.config import SR3Config, SR3Data, SR3Model
 from trainhub_sr3.data import EmbeddedPhotos, HRFolder, PairedFolder, bicubic_sr, list_images, open_image, prepare, to_tensor
 from trainhub_sr3.diffusion import SCHEDULES, Schedule, make_betas, sample, training_loss
 from trainhub_sr3.lmdb_store import LMDBPairs, is_lmdb
 from trainhub_sr3.metrics import psnr, ssim
-
-
-class UNetConfig(Section):
-    """Defaults: a small UNet for the embedded CPU run; configs/sr3_16_128.yaml has the paper's."""
-
-    in_channel: int = 6
-    out_channel: int = 3
-    inner_channel: int = Field(32, ge=1)
-    norm_groups: int = Field(8, ge=1)
-    channel_multiplier: list[int] = [1, 2, 2]
-    attn_res: list[int] = [8]
-    res_blocks: int = Field(1, ge=1)
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    image_size: int = Field(32, ge=8, description="resolution the attention levels (attn_res) refer to")
-    noise_encoding: Literal["sqrt_gamma", "log_snr"] = Field(
-        "log_snr", description="what the sinusoidal noise embedding encodes: log_snr (tells the low noise levels apart) or "
-        "sqrt_gamma (the reference's; its weights need it)")
-
-
-class BetaSchedule(Section):
-    schedule: Literal["linear", "cosine", "quad", "warmup10", "warmup50", "const", "jsd"] = "linear"
-    n_timestep: int = Field(1000, ge=1)
-    linear_start: float = Field(1e-6, gt=0.0)
-    linear_end: float = Field(1e-2, gt=0.0)
-
-
-class BetaSchedules(Section):
-    train: BetaSchedule = BetaSchedule()
-    val: Optional[BetaSchedule] = Field(None, description="explicit eval schedule; default: the train schedule respaced to eval_steps")
-
-
-class SR3Model(Section):
-    name: str = Field("sr3-unet", description="a registered model name")
-    network: Literal["sr3", "ddpm"] = Field("sr3", description="sr3: the UNet embeds the continuous noise level and training "
-                                            "draws it between two steps; ddpm: it embeds the integer timestep (training draws "
-                                            "whole steps). The reference's which_model_G; its weights need the one they have")
-    conditional: bool = Field(True, description="super-resolution (the UNet also sees the upsampled LR image); false: "
-                              "unconditional generation of image_size images (in_channel = out_channel)")
-    reference_config: Optional[str] = Field(None, description="the reference JSON this config was read from (set by --config "
-                                            "FILE.json); reference weights take their norm_groups from it, else 32")
-    unet: UNetConfig = UNetConfig()
-    beta_schedule: BetaSchedules = BetaSchedules()
-    eval_steps: int = Field(100, ge=1, description="sampling steps for eval and inference (respaced)")
-    loss: Literal["l1", "l2"] = "l1"
-    prediction: Literal["eps", "x0", "v"] = Field("x0", description="what the UNet predicts: x0 (learns fastest on the small "
-                                                   "default), eps (the reference's; its weights need it) or v")
-    residual: bool = Field(True, description="diffuse HR minus the bicubic upsampling (SRDiff-style); false = the reference's "
-                           "objective, needed for its weights")
-    sampler: Literal["ancestral", "ddim"] = Field("ddim", description="ddim: deterministic; ancestral: the reference's sampler")
-    residual_scale: float = Field(1.0, gt=0.0, description="with residual: the residual is multiplied by this before diffusion "
-                                  "(e.g. 5 brings the 8->32 residual towards unit variance; measured worse PSNR there, see README)")
-    temperature: float = Field(1.0, ge=0.0, le=1.0, description="eval/sample: scale of the starting noise; 1 = a posterior "
-                               "sample; lower starts closer to the mean (0 measured no better PSNR on the default, see README)")
-
-
-class SR3Data(Section):
-    source: Literal["embedded", "paired", "lmdb", "folder"] = Field(
-        "embedded", description="embedded photos, prepared pairs (folders or the reference's LMDB), or any image folder")
-    root: Optional[str] = Field(None, description="paired: folder with hr_<R>/ sr_<r>_<R>/ lr_<r>/; lmdb: the LMDB folder "
-                                "(data.mdb); folder: HR images")
-    val_root: Optional[str] = Field(None, description="validation data; default: a split of the embedded photos or none")
-    val_source: Optional[Literal["paired", "lmdb", "folder"]] = Field(
-        None, description="layout of val_root; default: lmdb if it holds data.mdb, paired if it holds hr_<R>/, else folder")
-    l_resolution: int = Field(8, ge=2)
-    r_resolution: int = Field(32, ge=4)
-    flips: bool = True
-    on_error: Literal["skip", "stop"] = Field("skip", description="an unreadable image is skipped with a warning, or stops the run")
-    train_len: int = Field(-1, description="use at most N training images (-1: all)")
-    val_len: int = Field(-1, description="evaluate on the first N validation images (-1: all; the embedded set has 40 tiles)")
-
-
-class SR3Config(RunConfig):
-    model: SR3Model = SR3Model()
-    data: SR3Data = SR3Data()
-    train: TrainConfig = TrainConfig(
-        lr=2e-4, weight_decay=1e-2, batch_size=16, max_steps=1500, eval_every=500, checkpoint_every=500,
-        best_metric="psnr", best_mode="max", ema=dict(decay=0.995), log_every=25,
-    )
 
 
 class Deferred(Dataset):
@@ -199,6 +121,7 @@ class SR3Recipe(Recipe):
     def build_models(self, config: SR3Config) -> dict[str, nn.Module]:
         check_model_config(config.model)
         self._model_config = config.model  # load_foreign checks reference weights against it
+        self._train_schedule, _ = schedules(config.model)  # this run's (each run builds its own recipe)
         return {"model": build_unet(config.model)}
 
     def build_data(self, config: SR3Config) -> tuple[Dataset, Optional[Dataset]]:
@@ -235,8 +158,6 @@ class SR3Recipe(Recipe):
         return HRFolder(root, d.l_resolution, d.r_resolution, train, flips, d.on_error, limit)
 
     def train_step(self, batch: dict[str, torch.Tensor], ctx: StepContext) -> dict[str, torch.Tensor]:
-        if not hasattr(self, "_train_schedule"):
-            self._train_schedule, _ = schedules(ctx.config.model)
         m = ctx.config.model
         loss = training_loss(ctx.models["model"], batch["hr"], batch["sr"], self._train_schedule, m.loss, m.residual, m.prediction,
                              m.residual_scale, discrete=m.network == "ddpm", conditional=m.conditional)
@@ -283,8 +204,6 @@ class SR3Recipe(Recipe):
         return {}
 
     def noise_schedule(self, models: dict[str, nn.Module]) -> Optional[dict[str, torch.Tensor]]:
-        if not hasattr(self, "_train_schedule"):
-            return None
         return self._train_schedule.buffers()
 
     # ---- the reference's formats ----

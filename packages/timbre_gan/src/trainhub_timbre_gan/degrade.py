@@ -17,7 +17,7 @@ import torch
 import torchaudio.functional as AF
 
 if TYPE_CHECKING:
-    from trainhub_timbre_gan.recipe import DegradeConfig
+    from trainhub_timbre_gan.config import DegradeConfig
 
 STAGES = ("eq", "bandlimit", "compress", "clip", "noise")
 

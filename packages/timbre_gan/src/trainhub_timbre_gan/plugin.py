@@ -11,32 +11,25 @@ _WATCHES: dict[str, Any] = {}  # run_id -> GANWatch, for runs of this recipe
 
 
 @hookimpl
-def trainhub_register_recipes(register: Callable[[Any], None]) -> None:
-    from trainhub_timbre_gan.recipe import TimbreGANRecipe
-
-    register(TimbreGANRecipe())
+def trainhub_register_recipes(register: Callable[..., None]) -> None:
+    register("timbre_gan", "trainhub_timbre_gan.recipe:TimbreGANRecipe", config="trainhub_timbre_gan.config:TimbreGANConfig",
+             description="audio timbre restoration GAN (residual-gated generator, multi-resolution spectrogram discriminators)")
 
 
 @hookimpl
 def trainhub_register_models(register: Callable[..., None]) -> None:
-    from trainhub_timbre_gan.model import Generator, MultiResolutionDiscriminator
-
-    register("timbre-gan-generator", Generator)
-    register("timbre-gan-mrd", MultiResolutionDiscriminator)
+    register("timbre-gan-generator", "trainhub_timbre_gan.model:Generator")
+    register("timbre-gan-mrd", "trainhub_timbre_gan.model:MultiResolutionDiscriminator")
 
 
 @hookimpl
 def trainhub_register_datasets(register: Callable[..., None]) -> None:
-    from trainhub_timbre_gan.data import TimbreRestoreDataset
-
-    register("timbre-restore", TimbreRestoreDataset)
+    register("timbre-restore", "trainhub_timbre_gan.data:TimbreRestoreDataset")
 
 
 @hookimpl
 def trainhub_register_losses(register: Callable[..., None]) -> None:
-    from trainhub_timbre_gan.losses import MultiResolutionSTFTLoss
-
-    register("mrstft", MultiResolutionSTFTLoss)
+    register("mrstft", "trainhub_timbre_gan.losses:MultiResolutionSTFTLoss")
 
 
 @hookimpl

@@ -42,7 +42,7 @@ from trainhub_timbre_gan.degrade import degrade, segment_rng
 from trainhub_timbre_gan.synth import synth_piece
 
 if TYPE_CHECKING:
-    from trainhub_timbre_gan.recipe import TimbreData
+    from trainhub_timbre_gan.config import TimbreData
 
 
 @dataclass(frozen=True)

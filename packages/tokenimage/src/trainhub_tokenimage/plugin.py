@@ -2,27 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 from trainhub import hookimpl
 
 
 @hookimpl
-def trainhub_register_recipes(register: Callable[[Any], None]) -> None:
-    from trainhub_tokenimage.recipe import TokenImageRecipe
-
-    register(TokenImageRecipe())
+def trainhub_register_recipes(register: Callable[..., None]) -> None:
+    register("tokenimage", "trainhub_tokenimage.recipe:TokenImageRecipe", config="trainhub_tokenimage.config:TokenImageConfig",
+             description="text tokens as 64x64 images, denoised by a masked DiT (stdlib docstrings by default)")
 
 
 @hookimpl
 def trainhub_register_models(register: Callable[..., None]) -> None:
-    from trainhub_tokenimage.model import TokenDiT
-
-    register("tokenimage-dit", TokenDiT)
+    register("tokenimage-dit", "trainhub_tokenimage.model:TokenDiT")
 
 
 @hookimpl
 def trainhub_register_datasets(register: Callable[..., None]) -> None:
-    from trainhub_tokenimage.data import TokenImageDataset
-
-    register("tokenimage-text", TokenImageDataset)
+    register("tokenimage-text", "trainhub_tokenimage.data:TokenImageDataset")

@@ -19,9 +19,8 @@ DataLoader workers would copy on read).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal, Optional
 
 import numpy as np
 import torch
@@ -35,40 +34,6 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
 
 # ---- DataLoader workers ----------------------------------------------------------------------------
-
-def cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS
-        return os.cpu_count() or 1
-
-
-def total_workers(setting: Union[int, str], cpus: int, processes: int) -> tuple[int, int]:
-    """``data.total_workers`` -> (total workers on this machine, workers per training process).
-
-    ``"auto"``: 80% of the CPUs, split over the training processes (one per GPU); at least 4 per
-    process where the machine has 4 CPUs per process; never more than the CPU count in total.
-    ``"cpu*F"``: F x CPUs, split the same way. An int: that many in total, split the same way.
-    """
-    processes = max(1, processes)
-    if isinstance(setting, str):
-        s = setting.strip().lower().replace(" ", "")
-        if s == "auto":
-            frac = 0.8
-        elif s.startswith("cpu*"):
-            try:
-                frac = float(s[4:])
-            except ValueError:
-                raise UserError(f"data.total_workers={setting!r}: use auto, cpu*FRACTION (e.g. cpu*0.9) or an integer") from None
-        else:
-            raise UserError(f"data.total_workers={setting!r}: use auto, cpu*FRACTION (e.g. cpu*0.9) or an integer")
-        per = int(cpus * frac) // processes
-        if setting.strip().lower() == "auto" and per < 4 and 4 * processes <= cpus:
-            per = 4
-    else:
-        per = int(setting) // processes
-    per = max(0, min(per, cpus // processes))
-    return per * processes, per
 
 
 # ---- reading files ------------------------------------------------------------------------------------

@@ -16,166 +16,25 @@ import argparse
 import re
 import sys
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Optional
 
 import torch
-from pydantic import Field, field_validator, model_validator
 from torch import nn
 from torch.utils.data import Dataset
 
-from trainhub import EvalContext, LoaderConfig, Recipe, RunConfig, Section, StepContext, TrainConfig, UserError
-from trainhub.kit.distill import DistillConfig, init_from_teacher, load_teacher, spread_layers
+from trainhub import EvalContext, Recipe, StepContext, UserError
+from trainhub.kit.distill import init_from_teacher, load_teacher, spread_layers
 from trainhub.kit.media import make_grid
 
 from trainhub_vrt_spike import seed_config
-from trainhub_vrt_spike.data import SpikeDeblurDataset, cpu_count, read_meta, total_workers
+from trainhub_vrt_spike.config import VRTSpikeConfig, cpu_count, local_processes
+from trainhub_vrt_spike.data import SpikeDeblurDataset, read_meta
 from trainhub_vrt_spike.metrics import psnr, ssim
-from trainhub_vrt_spike.model import ChunkSpec, TMSAGroup, VRTSpike
+from trainhub_vrt_spike.model import TMSAGroup, VRTSpike
 from trainhub_vrt_spike.simulate import SimSettings, ensure_embedded
 
 
 # ---- config ---------------------------------------------------------------------------------------
-
-class ChunkConfig(Section):
-    """Per-pixel temporal attention, cut into spatial chunks to bound memory (same result as unchunked)."""
-
-    heads: int = Field(2, ge=1)
-    adaptive_chunk: bool = Field(True, description="chunks as large as max_batch_tokens allows (else chunk_size)")
-    max_batch_tokens: int = Field(49152, ge=1, description="batch x pixels x key tokens per chunk (adaptive_chunk)")
-    chunk_size: int = Field(64, ge=0, description="square side or rows per chunk when adaptive_chunk is off; 0 = no chunking")
-    chunk_shape: Literal["square", "rows"] = "square"
-
-    def spec(self) -> ChunkSpec:
-        return ChunkSpec(self.heads, self.adaptive_chunk, self.max_batch_tokens, self.chunk_size, self.chunk_shape)
-
-
-class SpikeTSAConfig(ChunkConfig):
-    enabled: bool = Field(True, description="temporal self-attention over the spike tokens of each pixel")
-
-
-class VRTSpikeModel(Section):
-    """Defaults: a CPU-sized network for the embedded run; configs/baseline.yaml has the VRT-sized one."""
-
-    name: str = Field("vrt-spike", description="a registered model name")
-    depths: list[int] = Field([2, 2, 2, 2, 1, 1, 1, 2], description="layers per stage: stages 1-7 (U-shape), then stage-8 groups")
-    embed_dims: list[int] = Field([16, 16, 16, 16, 16, 16, 16, 24], description="channels per stage (same length as depths)")
-    num_heads: Union[int, list[int]] = Field(2, description="attention heads, one number or one per stage")
-    window_size: Union[int, list[int]] = Field(8, description="spatial window side, or [frames, height, width]")
-    window_frames: int = Field(6, ge=1, description="temporal window when window_size is one number")
-    mul_attn_ratio: float = Field(0.75, ge=0.0, le=1.0, description="share of a stage's layers with mutual attention")
-    mlp_ratio: float = Field(2.0, gt=0.0)
-    drop_path_rate: float = Field(0.0, ge=0.0, lt=1.0)
-    upscale: Literal[1] = Field(1, description="1: deblurring (same resolution in and out)")
-    use_checkpoint_attn: bool = Field(False, description="recompute attention (and spike attention chunks) in backward")
-    use_checkpoint_ffn: bool = Field(False, description="recompute the MLPs in backward")
-    flow_width: int = Field(16, ge=1, description="channels of the learned flow estimator")
-    flow_use_spike: bool = Field(True, description="the flow estimator also sees the spike firing rate")
-    flow_weights: Optional[str] = Field(None, description="local file (safetensors or .pth state dict) for the flow estimator; "
-                                        "nothing is ever downloaded")
-    max_residue_magnitude: float = Field(10.0, ge=0.0, description="bound of the learned flow correction (pixels at full scale)")
-    spike_dim: int = Field(16, ge=1)
-    spike_segments: int = Field(4, ge=1, description="spike tokens per frame (sub-exposures); must divide the spike channels")
-    spike_encoder_blocks: int = Field(1, ge=0)
-    spike_tsa: SpikeTSAConfig = SpikeTSAConfig()
-    fuse: ChunkConfig = ChunkConfig()
-    fuse_stages: list[int] = Field([1, 2, 3, 4], description="stages (1-7) after which spike features are fused")
-    loss: Literal["charbonnier", "l1"] = "charbonnier"
-    charbonnier_eps: float = Field(1e-3, gt=0.0)
-    profile: bool = Field(False, description="time every stage's forward (CUDA events / timers), logged as time/<part>_ms")
-
-    def heads(self) -> list[int]:
-        return [self.num_heads] * len(self.depths) if isinstance(self.num_heads, int) else list(self.num_heads)
-
-    def window(self) -> tuple[int, int, int]:
-        w = self.window_size
-        if isinstance(w, int):
-            return (self.window_frames, w, w)
-        if len(w) != 3:
-            raise UserError(f"model.window_size must be one number or [frames, height, width], got {w}")
-        return (w[0], w[1], w[2])
-
-
-class EmbeddedData(Section):
-    """The simulated dataset used when data.root is not set (generated once into the cache folder)."""
-
-    size: int = Field(64, ge=16)
-    frames: int = Field(12, ge=1, description="frames per sequence")
-    train_sequences: int = Field(5, ge=1)
-    val_sequences: int = Field(2, ge=0)
-    subframes: int = Field(32, ge=1, description="sharp instants = spike frames per exposure")
-    threshold: float = Field(2.0, gt=0.0)
-    noise_std: float = Field(0.02, ge=0.0)
-    max_speed: float = Field(10.0, ge=0.0, description="camera speed per axis, pixels per frame")
-    seed: int = 0
-    dir: Optional[str] = Field(None, description="where to generate it (default $TRAINHUB_CACHE_DIR/vrt_spike or ~/.cache/trainhub/vrt_spike)")
-
-
-class VRTSpikeData(Section):
-    root: Optional[str] = Field(None, description="dataset root (<root>/<split>/<sequence>/{blur,sharp,spike|voxel}); null = embedded")
-    train_split: str = "train"
-    val_split: str = Field("val", description="GoPro+Spike calls it test")
-    seq_len: int = Field(4, ge=1, description="frames per clip")
-    clip_stride: int = Field(1, ge=1, description="frames between training clip starts")
-    train_crop_size: Optional[int] = Field(32, ge=8, description="random square crop for training (null: full frames)")
-    val_crop_size: Optional[int] = Field(None, ge=8, description="centre crop for evaluation (null: full frames)")
-    val_max_clips: int = Field(4, description="evaluate at most N clips spread over the val sequences (-1: all)")
-    flips: bool = Field(True, description="random horizontal and vertical flips")
-    num_bins: int = Field(32, ge=1, description="voxel bins per frame")
-    spike_input: Literal["voxel", "raw"] = Field("voxel", description="voxel bins, or the raw binary spike frames as channels")
-    use_precomputed_voxels: bool = Field(False, description="read <sequence>/<voxel_dir>/<stem>.npy instead of voxelising .dat on the fly")
-    spike_dir: str = "spike"
-    voxel_dir: str = "voxel"
-    spike_format: Literal["bitpacked", "bytes"] = Field("bitpacked", description=".dat layout: 8 pixels per byte, or one byte per pixel")
-    spike_flipud: Optional[bool] = Field(None, description="rows stored bottom-up (null: meta.json, else true)")
-    spike_height: Optional[int] = Field(None, ge=1, description="spike sensor rows (null: meta.json, else the frame height)")
-    spike_width: Optional[int] = Field(None, ge=1)
-    spike_frames: Optional[int] = Field(None, ge=1, description="spike frames per exposure (raw input; null: meta.json or the files)")
-    use_ram_cache: bool = Field(True, description="LRU RAM cache of decoded frames (training set)")
-    cache_size_gb: float = Field(1.0, ge=0.0, description="cache budget for all DataLoader workers of all local ranks together")
-    total_workers: Union[int, str, None] = Field(None, description="auto (80% of CPUs over the GPUs, >= 4 each), cpu*F, or N in "
-                                                 "total; sets loader.num_workers; null = keep loader.num_workers")
-    embedded: EmbeddedData = EmbeddedData()
-
-    @field_validator("total_workers")
-    @classmethod
-    def _workers(cls, v: Union[int, str, None]) -> Union[int, str, None]:
-        if isinstance(v, str):
-            total_workers(v, 1, 1)  # raises a clear error on anything but auto / cpu*F
-        elif isinstance(v, int) and v < 0:
-            raise ValueError("must be >= 0")
-        return v
-
-
-class VRTSpikeTrain(TrainConfig):
-    memory_log_every: int = Field(100, ge=0, description="print a process/system memory line every N steps (0: off)")
-
-
-class VRTSpikeConfig(RunConfig):
-    model: VRTSpikeModel = VRTSpikeModel()
-    data: VRTSpikeData = VRTSpikeData()
-    train: VRTSpikeTrain = VRTSpikeTrain(
-        lr=4e-4, batch_size=2, max_steps=300, schedule="cosine", warmup_steps=20, eval_every=100, checkpoint_every=100,
-        log_every=10, best_metric="psnr", best_mode="max", ema=dict(decay=0.99),
-    )
-    loader: LoaderConfig = LoaderConfig(prefetch_factor=2)
-    distill: DistillConfig = Field(default_factory=DistillConfig,
-                                   description="knowledge distillation from a trained vrt_spike teacher (distill.teacher=RUN_DIR)")
-
-    @model_validator(mode="after")
-    def _apply_total_workers(self) -> "VRTSpikeConfig":
-        """``data.total_workers`` decides ``loader.num_workers`` (per training process)."""
-        if self.data.total_workers is not None:
-            _, per = total_workers(self.data.total_workers, cpu_count(), local_processes())
-            if self.loader.num_workers != per:
-                self.loader = self.loader.model_copy(update={"num_workers": per})
-        return self
-
-
-def local_processes() -> int:
-    """Training processes on this machine (one per GPU under torchrun)."""
-    import os
-
-    return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
 # ---- building ---------------------------------------------------------------------------------------
@@ -367,12 +226,21 @@ def dataset_kwargs(config: VRTSpikeConfig) -> dict[str, Any]:
 
 # ---- the recipe -------------------------------------------------------------------------------------------
 
+def restoration_loss(config: VRTSpikeConfig) -> nn.Module:
+    """``model.loss``, a registered loss (Charbonnier with ``model.charbonnier_eps``)."""
+    from trainhub.plugins import get_plugins
+
+    cls = get_plugins().loss(config.model.loss)
+    return cls(eps=config.model.charbonnier_eps) if config.model.loss == "charbonnier" else cls()
+
+
 class VRTSpikeRecipe(Recipe):
     name = "vrt_spike"
     description = "spike-guided video deblurring with a VRT-style transformer (simulated spike data by default)"
     config_class = VRTSpikeConfig
 
     def build_models(self, config: VRTSpikeConfig) -> dict[str, nn.Module]:  # type: ignore[override]
+        self._loss_fn = restoration_loss(config)  # this run's (each run builds its own recipe)
         models = {"model": build_model(config)}
         if config.distill.teacher:
             models["teacher"] = build_teacher(self, config, models["model"])
@@ -400,17 +268,9 @@ class VRTSpikeRecipe(Recipe):
     def blocks(self, model: nn.Module) -> list[nn.Module]:
         return model.transformer_blocks() if isinstance(model, VRTSpike) else super().blocks(model)
 
-    def _loss(self, config: VRTSpikeConfig) -> nn.Module:
-        if not hasattr(self, "_loss_fn"):
-            from trainhub.plugins import get_plugins
-
-            cls = get_plugins().loss(config.model.loss)
-            self._loss_fn = cls(eps=config.model.charbonnier_eps) if config.model.loss == "charbonnier" else cls()
-        return self._loss_fn
-
     def train_step(self, batch: dict[str, torch.Tensor], ctx: StepContext) -> dict[str, torch.Tensor | float]:
         out = ctx.models["model"](batch["blur"], batch["spike"])
-        loss_fn = self._loss(ctx.config)  # type: ignore[arg-type]
+        loss_fn = self._loss_fn
         logs: dict[str, torch.Tensor | float] = {"loss": loss_fn(out.float(), batch["sharp"])}
         if "teacher" in ctx.models:
             logs.update(distill_losses(ctx, batch, out, loss_fn, logs["loss"]))  # type: ignore[arg-type]

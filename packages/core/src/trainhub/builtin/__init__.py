@@ -1,38 +1,59 @@
-"""Core's own plugin: the built-in losses, loggers and the ``tiny`` recipe, registered through the same hooks as any
-third-party plugin."""
+"""Core's own plugin: the built-in optimizers, schedules, samplers, losses, loggers and the ``tiny`` recipe,
+registered through the same hooks as any third-party plugin (by reference, so listing them imports no torch)."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 from trainhub import hookimpl
-from trainhub.builtin.losses import LOSSES
-from trainhub.builtin.tiny import SyntheticRegression, TinyMLP, TinyRecipe
+from trainhub.loggers.configs import ConsoleConfig, JsonlConfig, ParamOutputsConfig, TensorBoardConfig, WandbConfig
 
 
 @hookimpl
-def trainhub_register_recipes(register: Callable[[Any], None]) -> None:
-    register(TinyRecipe())
+def trainhub_register_recipes(register: Callable[..., None]) -> None:
+    register("tiny", "trainhub.builtin.tiny:TinyRecipe", config="trainhub.builtin.tiny_config:TinyConfig",
+             description="tiny MLP regression on synthetic data (built-in demo and trainer test recipe)")
 
 
 @hookimpl
 def trainhub_register_models(register: Callable[..., None]) -> None:
-    register("tiny-mlp", TinyMLP)
+    register("tiny-mlp", "trainhub.builtin.tiny:TinyMLP")
 
 
 @hookimpl
 def trainhub_register_datasets(register: Callable[..., None]) -> None:
-    register("synthetic-regression", SyntheticRegression)
+    register("synthetic-regression", "trainhub.builtin.tiny:SyntheticRegression")
 
 
 @hookimpl
 def trainhub_register_losses(register: Callable[..., None]) -> None:
-    for name, cls in LOSSES.items():
-        register(name, cls)
+    register("l1", "torch.nn:L1Loss")
+    register("mse", "torch.nn:MSELoss")
+    register("charbonnier", "trainhub.builtin.losses:CharbonnierLoss")
+
+
+@hookimpl
+def trainhub_register_optimizers(register: Callable[..., None]) -> None:
+    for name in ("adamw", "adam", "sgd"):
+        register(name, f"trainhub.builtin.optimizers:{name}")
+
+
+@hookimpl
+def trainhub_register_schedules(register: Callable[..., None]) -> None:
+    for name in ("constant", "cosine", "linear"):
+        register(name, f"trainhub.builtin.schedules:{name}")
+
+
+@hookimpl
+def trainhub_register_samplers(register: Callable[..., None]) -> None:
+    for name in ("auto", "random", "grouped"):
+        register(name, f"trainhub.builtin.samplers:{name}")
 
 
 @hookimpl
 def trainhub_register_loggers(register: Callable[..., None]) -> None:
-    from trainhub.loggers import register_builtin
-
-    register_builtin(register)
+    register("console", "trainhub.loggers.console:ConsoleLogger", ConsoleConfig)
+    register("jsonl", "trainhub.loggers.jsonl:JsonlLogger", JsonlConfig)
+    register("tensorboard", "trainhub.loggers.tensorboard:TensorBoardLogger", TensorBoardConfig)
+    register("wandb", "trainhub.loggers.wandb:WandbLogger", WandbConfig)
+    register("param_outputs", "trainhub.observe.param_outputs:ParamOutputs", ParamOutputsConfig)

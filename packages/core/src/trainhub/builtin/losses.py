@@ -15,6 +15,3 @@ class CharbonnierLoss(nn.Module):
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return torch.sqrt((pred - target).pow(2) + self.eps**2).mean()
-
-
-LOSSES = {"l1": nn.L1Loss, "mse": nn.MSELoss, "charbonnier": CharbonnierLoss}

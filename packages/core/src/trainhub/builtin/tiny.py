@@ -7,11 +7,10 @@ import math
 from typing import Optional
 
 import torch
-from pydantic import Field
 from torch import nn
 from torch.utils.data import Dataset
 
-from trainhub.config import RunConfig, Section, TrainConfig
+from trainhub.builtin.tiny_config import TinyConfig
 from trainhub.errors import UserError
 from trainhub.recipe import EvalContext, Recipe, StepContext
 
@@ -53,29 +52,6 @@ class TinyMLP(nn.Module):
         return self.net(x)
 
 
-class TinyModel(Section):
-    name: str = Field("tiny-mlp", description="a registered model name")
-    dim: int = Field(8, ge=1)
-    hidden: int = Field(64, ge=1)
-    depth: int = Field(2, ge=1)
-    dropout: float = Field(0.1, ge=0.0, lt=1.0)
-
-
-class TinyData(Section):
-    num_samples: int = Field(2048, ge=1)
-    val_samples: int = Field(256, ge=0)
-    noise: float = Field(0.05, ge=0.0, description="label noise, fixed per sample")
-    jitter: float = Field(0.01, ge=0.0, description="random input jitter per draw (augmentation)")
-    loss: str = Field("mse", description="a registered loss name: l1, mse, charbonnier, ...")
-
-
-class TinyConfig(RunConfig):
-    model: TinyModel = TinyModel()
-    data: TinyData = TinyData()
-    train: TrainConfig = TrainConfig(max_steps=300, batch_size=32, lr=3e-3, eval_every=100, log_every=20,
-                                     best_metric="val_mse", best_mode="min", ema=dict(decay=0.99))
-
-
 class TinyRecipe(Recipe):
     """A tiny MLP regression: the smallest complete recipe, used to demo and test the trainer."""
 
@@ -87,8 +63,8 @@ class TinyRecipe(Recipe):
         from trainhub.plugins import get_plugins
 
         m = config.model
-        factory = get_plugins().model(m.name)
-        return {"model": factory(dim=m.dim, hidden=m.hidden, depth=m.depth, dropout=m.dropout)}
+        self.loss_fn = get_plugins().loss(config.data.loss)()  # per run: each run builds its own recipe
+        return {"model": get_plugins().model(m.name)(dim=m.dim, hidden=m.hidden, depth=m.depth, dropout=m.dropout)}
 
     def build_data(self, config: TinyConfig) -> tuple[Dataset, Optional[Dataset]]:
         d = config.data
@@ -98,18 +74,9 @@ class TinyRecipe(Recipe):
         val = SyntheticRegression(d.val_samples, config.model.dim, d.noise, seed=config.train.seed, split_offset=1) if d.val_samples else None
         return train, val
 
-    def _loss(self, config: TinyConfig) -> nn.Module:
-        """The configured loss, built once per name (the recipe instance outlives a run)."""
-        from trainhub.plugins import get_plugins
-
-        cache = self.__dict__.setdefault("_losses", {})
-        if config.data.loss not in cache:
-            cache[config.data.loss] = get_plugins().loss(config.data.loss)()
-        return cache[config.data.loss]
-
     def train_step(self, batch: dict[str, torch.Tensor], ctx: StepContext) -> dict[str, torch.Tensor]:
         pred = ctx.models["model"](batch["x"])
-        return {"loss": self._loss(ctx.config)(pred.float(), batch["y"])}  # type: ignore[arg-type]
+        return {"loss": self.loss_fn(pred.float(), batch["y"])}
 
     def evaluate(self, ctx: EvalContext) -> dict[str, float]:
         if ctx.data is None:

@@ -19,28 +19,17 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
-from pydantic import Field
 from torch import nn
 
-from trainhub.config import Section
+from trainhub.config import DistillConfig
 from trainhub.errors import UserError
-
-
-class DistillConfig(Section):
-    teacher: Optional[str] = Field(None, description="teacher checkpoint or run directory (same recipe, any config)")
-    teacher_overrides: list[str] = Field(default_factory=list, description="overrides of the teacher's saved config")
-    output_weight: float = Field(1.0, ge=0.0, description="weight of the student-teacher output loss")
-    feature_weight: float = Field(0.0, ge=0.0, description="weight of intermediate-feature losses, where exposed")
-    use_ema: bool = Field(True, description="load the teacher's EMA weights")
-    init_from_teacher: bool = Field(False, description="start the student from the teacher's weights (a spread subset of "
-                                    "its layers where the student is shallower; recipes that support it; needs teacher)")
 
 
 def load_teacher(recipe: Any, cfg: DistillConfig, name: str = "model") -> nn.Module:
     """Build the teacher from its own saved ``config.yaml`` and load its weights; frozen, eval mode."""
     from trainhub.training import checkpoint as ckpt
     from trainhub.plugins import get_plugins
-    from trainhub.training.run import resolve_config
+    from trainhub.resolve import resolve_config
 
     if not cfg.teacher:
         raise UserError("distill.teacher is not set: give the teacher's checkpoint or run directory")

@@ -8,12 +8,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from trainhub import hookimpl
-from trainhub.config import Section
-
-
-class ConsoleConfig(Section):
-    enabled: bool = True
-    progress_bar: bool = True
+from trainhub.loggers.configs import ConsoleConfig
 
 
 class ConsoleLogger:

@@ -15,7 +15,7 @@ from typing import Any
 
 from trainhub import hookimpl
 from trainhub.training import storage
-from trainhub.config import Section
+from trainhub.loggers.configs import JsonlConfig
 
 
 def keep_until(path: Path, step: int) -> int:
@@ -43,11 +43,6 @@ def keep_until(path: Path, step: int) -> int:
                 os.fsync(f.fileno())
             os.replace(tmp, path)
     return dropped
-
-
-class JsonlConfig(Section):
-    enabled: bool = True
-    filename: str = "metrics.jsonl"
 
 
 class JsonlLogger:

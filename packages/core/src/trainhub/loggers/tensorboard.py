@@ -4,24 +4,14 @@ config as text, and weight/gradient histograms when asked. Needs the ``tensorboa
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
-from pydantic import Field
 
 from trainhub import hookimpl
-from trainhub.config import Section
+from trainhub.loggers.configs import TensorBoardConfig
 from trainhub.observe.param_outputs import local
-
-
-class TensorBoardConfig(Section):
-    enabled: bool = False
-    log_dir: Optional[str] = Field(None, description="event file folder; default <run>/tensorboard")
-    log_media: bool = Field(True, description="eval images and audio")
-    histograms: bool = Field(False, description="weight and gradient histograms of the trained models")
-    histogram_every: int = Field(100, ge=1, description="optimizer steps between histograms")
-    flush_secs: int = Field(30, ge=1)
 
 
 class TensorBoardLogger:

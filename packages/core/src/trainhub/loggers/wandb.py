@@ -17,30 +17,14 @@ import platform
 import re
 import warnings
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Optional
 from urllib.parse import urlparse
 
-from pydantic import Field
 
 from trainhub import hookimpl
-from trainhub.config import Section
+from trainhub.loggers.configs import WandbConfig
 
 SECRET = re.compile(r"(api[_-]?key|token|secret|password|passwd|credential)", re.I)
-
-
-class WandbConfig(Section):
-    enabled: bool = False
-    mode: Literal["online", "offline", "disabled"] = "offline"
-    project: str = "trainhub"
-    entity: Optional[str] = None
-    name: Optional[str] = Field(None, description="run name shown in the UI (default: the run folder name)")
-    group: Optional[str] = None
-    tags: list[str] = Field(default_factory=list)
-    notes: Optional[str] = None
-    log_media: bool = Field(True, description="eval images and audio")
-    log_checkpoints: bool = Field(False, description="upload the best checkpoint (the final one without train.best_metric) as a model artifact")
-    log_eval: bool = Field(False, description="also log eval metrics and media as wandb Tables")
-    init_timeout: float = Field(90.0, gt=0.0, description="seconds to wait for the wandb service/server before falling back")
 
 
 def _err(exc: BaseException) -> str:

@@ -32,12 +32,11 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
-from pydantic import Field
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from trainhub import hookimpl
-from trainhub.config import Section
+from trainhub.loggers.configs import ParamOutputsConfig
 
 KINDS: dict[str, tuple[type, ...]] = {
     "conv": (nn.modules.conv._ConvNd,),
@@ -50,22 +49,6 @@ KINDS: dict[str, tuple[type, ...]] = {
 HIST_BINS = 40
 STAT_KEYS = ("mean", "std", "min", "max", "norm", "frac_zeros", "nan_count", "inf_count")
 _STEP = re.compile(r"step_(\d+)")
-
-
-class ParamOutputsConfig(Section):
-    enabled: bool = False
-    save_param_freq: int = Field(100, ge=1, description="write outputs every N optimizer steps")
-    save_weights: bool = True
-    save_gradients: bool = True
-    save_activations: bool = False
-    activation_samples: int = Field(4, ge=1, description="activations of the first N samples of the batch")
-    layers_to_monitor: list[str] = Field(
-        default_factory=lambda: ["attention", "conv", "norm", "linear"],
-        description="module kinds (attention, conv, norm, linear, embedding, all) and/or globs on '<model>.<module path>'",
-    )
-    models: list[str] = Field(default_factory=list, description="models to monitor (default: all the recipe builds)")
-    disk_budget_mb: float = Field(1024.0, gt=0.0, description="stop writing full tensors past this (statistics continue)")
-    plots: bool = Field(True, description="PNG plots at the end of the run (needs matplotlib)")
 
 
 # ---- statistics ----------------------------------------------------------------------------------

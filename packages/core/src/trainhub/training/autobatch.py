@@ -9,9 +9,16 @@ directory remembers it so a resumed run does not probe again.
 from __future__ import annotations
 
 import gc
-from typing import Callable
+import json
+from pathlib import Path
+from typing import Any, Callable, Optional
 
 import torch
+
+from trainhub.config import TrainConfig
+from trainhub.errors import UserError
+from trainhub.training import distributed as dist
+from trainhub.training.devices import to_device
 
 
 def is_oom(exc: BaseException) -> bool:
@@ -68,3 +75,35 @@ def accumulation_for(global_batch: int, per_device: int, world: int) -> tuple[in
     accum = max(1, -(-global_batch // (per_device * world)))
     per_device = -(-global_batch // (accum * world))
     return per_device, accum
+
+
+def choose(train_ds: Any, collate: Optional[Callable[[list[Any]], Any]], trial_step: Callable[[Any], None],
+           tc: TrainConfig, world: int, device: torch.device, remembered: Optional[Path]) -> tuple[int, int, Optional[dict[str, int]]]:
+    """``(batch_size, gradient_accumulation_steps, record)`` for ``train.batch_size: auto``.
+
+    ``trial_step(batch)`` runs one full training step on a batch already on ``device``. ``remembered`` is the run
+    directory's ``auto_batch_size.json``: read back instead of probing again when it exists; ``record`` is what to
+    write there once the run is accepted (None when read back).
+    """
+    if remembered is not None and remembered.is_file():
+        saved = json.loads(remembered.read_text())
+        return saved["batch_size"], saved["gradient_accumulation_steps"], None
+    n = len(train_ds)
+    collate = collate or torch.utils.data.default_collate
+
+    def trial(b: int) -> None:
+        trial_step(to_device(collate([train_ds[i % n] for i in range(b)]), device, False, tc.channels_last))
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    found = largest_fitting(trial, min(tc.auto_batch_max, n // world))
+    found = dist.all_min_int(with_margin(found, tc.auto_batch_margin), device)
+    if found < 1:
+        raise UserError("batch_size auto: not even one sample fits in memory; reduce the model or use precision bf16")
+    batch, accum = found, tc.gradient_accumulation_steps
+    if tc.global_batch_size:
+        batch, accum = accumulation_for(tc.global_batch_size, found, world)
+    if dist.is_main():
+        print(f"trainhub: batch_size auto -> {batch} per device (largest fitting {found} before margin and global batch), "
+              f"gradient_accumulation_steps {accum}", flush=True)
+    return batch, accum, {"batch_size": batch, "gradient_accumulation_steps": accum, "largest_fitting": found}

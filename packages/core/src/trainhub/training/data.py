@@ -70,11 +70,13 @@ class SeededDataset(Dataset):
 
 
 class ResumableSampler(Sampler):
-    """Distributed, epoch-seeded sampler that can start mid-epoch.
+    """Distributed, epoch-seeded sampler that can start mid-epoch: the base of every training sampler.
 
-    Each epoch draws a permutation from ``(seed, epoch)``; rank ``r`` of ``w`` takes every w-th index
-    (the global order is padded or truncated to a multiple of ``w`` like ``DistributedSampler``).
-    ``start`` skips that many of this rank's samples in the current epoch (resume position).
+    Each epoch's order comes from :meth:`epoch_order` (a permutation of ``(seed, epoch)``, or the plain order
+    without shuffling) and :meth:`share` gives rank ``r`` of ``w`` every w-th index (the order padded or truncated
+    to a multiple of ``w`` like ``DistributedSampler``). ``start`` skips that many of this rank's samples in the
+    current epoch (the resume position). A sampler plugin overrides :meth:`epoch_order` (and :meth:`share` where
+    ranks should take blocks): the order must depend on ``(seed, epoch)`` alone, so a resumed run continues it.
     """
 
     def __init__(self, size: int, shuffle: bool, seed: int, rank: int = 0, world: int = 1, drop_last: bool = True) -> None:
@@ -93,52 +95,23 @@ class ResumableSampler(Sampler):
     def __len__(self) -> int:
         return max(0, self.per_rank() - self.start)
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        if self.shuffle:
-            g = torch.Generator()
-            g.manual_seed(self.seed * 1_000_003 + self.epoch)
-            order = torch.randperm(self.size, generator=g).tolist()
-        else:
-            order = list(range(self.size))
+    def generator(self) -> torch.Generator:
+        """A generator seeded from ``(seed, epoch)``: draw an epoch's randomness from it."""
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+
+    def epoch_order(self) -> list[int]:
+        """This epoch's order of the dataset's indices, the same on every rank."""
+        return torch.randperm(self.size, generator=self.generator()).tolist() if self.shuffle else list(range(self.size))
+
+    def share(self, order: list[int]) -> list[int]:
+        """This rank's indices of ``order``: every world-th one, after padding to a multiple of the world size."""
         total = self.per_rank() * self.world
         if total > len(order):
             order = order + order[: total - len(order)]
-        mine = order[:total][self.rank :: self.world]
-        for i in mine[self.start :]:
-            yield (self.epoch, i)
-
-
-class GroupedSampler(ResumableSampler):
-    """Keeps samples of a group (frames of a video sequence) together, to raise cache hit rates.
-
-    Each epoch shuffles the groups, cuts each group's indices (in order) into windows of ``window``
-    samples and shuffles the windows within the group; ranks take contiguous blocks of that order so
-    a rank's consecutive batches stay inside a sequence. Resumes mid-epoch like its parent.
-    """
-
-    def __init__(self, groups: Any, window: int, shuffle: bool, seed: int, rank: int = 0, world: int = 1, drop_last: bool = True) -> None:
-        super().__init__(len(groups), shuffle, seed, rank, world, drop_last)
-        self.groups = np.asarray(groups)
-        self.window = window
+        return order[:total][self.rank :: self.world]
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        g = torch.Generator()
-        g.manual_seed(self.seed * 1_000_003 + self.epoch)
-        ids = np.unique(self.groups)
-        order_ids = [ids[i] for i in torch.randperm(len(ids), generator=g).tolist()] if self.shuffle else list(ids)
-        order: list[int] = []
-        for gid in order_ids:
-            members = np.flatnonzero(self.groups == gid).tolist()
-            windows = [members[i : i + self.window] for i in range(0, len(members), self.window)]
-            if self.shuffle:
-                windows = [windows[i] for i in torch.randperm(len(windows), generator=g).tolist()]
-            for w in windows:
-                order.extend(w)
-        per = self.per_rank()
-        if per * self.world > len(order):
-            order = order + order[: per * self.world - len(order)]
-        mine = order[self.rank * per : (self.rank + 1) * per]
-        for i in mine[self.start :]:
+        for i in self.share(self.epoch_order())[self.start :]:
             yield (self.epoch, i)
 
 
@@ -199,8 +172,9 @@ def build_loader(
     shuffle: Optional[bool] = None,
     drop_last: Optional[bool] = None,
     warn: Optional[Callable[[str, dict[str, Any]], None]] = None,
+    sampler: Optional[ResumableSampler] = None,
 ) -> tuple[DataLoader, ResumableSampler]:
-    """A DataLoader over :class:`SeededDataset` with a :class:`ResumableSampler`.
+    """A DataLoader over :class:`SeededDataset` with ``sampler`` (default: a plain :class:`ResumableSampler`).
 
     Before starting workers, one batch's size is measured and ``workers x prefetch_factor`` batches are
     checked against free /dev/shm (small in containers): workers are reduced with one warning (to 0,
@@ -208,10 +182,7 @@ def build_loader(
     """
     shuffle = cfg.shuffle if shuffle is None else shuffle
     drop_last = cfg.drop_last if drop_last is None else drop_last
-    groups = getattr(dataset, "sample_groups", None)
-    if cfg.group_window and groups is not None and shuffle:
-        sampler: ResumableSampler = GroupedSampler(groups, cfg.group_window, shuffle, seed, rank, world, drop_last)
-    else:
+    if sampler is None:
         sampler = ResumableSampler(len(dataset), shuffle, seed, rank, world, drop_last)  # type: ignore[arg-type]
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     workers = auto_workers(local_world) if cfg.num_workers == "auto" else int(cfg.num_workers)

@@ -1,4 +1,5 @@
-"""FSDP2 (``fully_shard``) for ``train.strategy: fsdp``: sharding, and saving and loading the shards of live models.
+"""FSDP2 (``fully_shard``) for ``train.strategy: fsdp``: :class:`FSDPStrategy` shards the trained models and saves
+and loads their shards.
 
 Each block the recipe names (:meth:`Recipe.blocks`, default: the children of every
 ``nn.ModuleList``) and then the whole model are sharded along dim 0 over all ranks. Checkpoints keep
@@ -17,7 +18,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from trainhub.errors import UserError
+from trainhub.recipe import Recipe
 from trainhub.training import checkpoint as ckpt
+from trainhub.training import distributed as dist
+from trainhub.training.strategy import Strategy
 
 
 
@@ -94,3 +99,57 @@ def load_shards(directory: Path, rank: int, models: dict[str, nn.Module], emas: 
 
                         opt.state[p][k] = DTensor.from_local(v.to(p.device), p.device_mesh, p.placements, run_check=False,
                                                              shape=p.shape, stride=p.stride())
+
+
+class FSDPStrategy(Strategy):
+    """The trained models sharded over the ranks: each block of :meth:`Recipe.blocks`, then the whole model.
+
+    A checkpoint keeps every rank's shards as they are (``<model>_shard_rank<R>.safetensors``, the EMA's, and
+    ``optimizer_rank<R>.pt``) plus ``fsdp_layout.json``; eval swaps the EMA weights into the sharded model itself
+    (a copy would be a second sharded model) and swaps them back afterwards.
+    """
+
+    def setup(self, models: dict[str, nn.Module], trained: list[str], recipe: Recipe, amp_dtype: Optional[torch.dtype]) -> None:
+        for name in trained:
+            shard(models[name], recipe.blocks(models[name]), self.device, self.world, amp_dtype)
+        self.sharded = tuple(trained)
+        self._swapped: dict[str, dict[str, torch.Tensor]] = {}
+
+    def check_auto_batch(self) -> None:
+        raise UserError("train.batch_size=auto is not supported with train.strategy=fsdp (trial steps would need every "
+                        "rank in lockstep); set a number")
+
+    def save_parts(self, directory: Path, models: dict[str, nn.Module], emas: dict[str, Any],
+                   optimizers: dict[str, torch.optim.Optimizer]) -> None:
+        sharded = {n: models[n] for n in self.sharded}
+        save_shards(directory, self.rank, sharded, {n: e for n, e in emas.items() if n in self.sharded}, optimizers)
+        if self.rank == 0:
+            write_layout(directory, sharded, self.world)
+
+    def optimizer_states(self, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, Any]:
+        return {}  # in each rank's optimizer_rank<R>.pt
+
+    def load_parts(self, directory: Path, models: dict[str, nn.Module], emas: dict[str, Any],
+                   optimizers: dict[str, torch.optim.Optimizer], saved: dict[str, Any]) -> None:
+        load_shards(directory, self.rank, {n: models[n] for n in self.sharded},
+                    {n: e for n, e in emas.items() if n in self.sharded}, optimizers)
+
+    def anywhere(self, flag: bool) -> bool:
+        return dist.any_true(flag, self.device)  # each rank checked only its own shards
+
+    def eval_models(self, models: dict[str, nn.Module], emas: dict[str, Any]) -> dict[str, nn.Module]:
+        out = super().eval_models({n: m for n, m in models.items() if n not in self.sharded}, emas)
+        for n in self.sharded:
+            if n in emas:
+                self._swapped[n] = {k: local(v).detach().clone() for k, v in models[n].state_dict().items()}
+                emas[n].copy_to(models[n])
+            out[n] = models[n]
+        return out
+
+    @torch.no_grad()
+    def after_eval(self, models: dict[str, nn.Module]) -> None:
+        for n, saved in self._swapped.items():
+            for k, v in models[n].state_dict().items():
+                local(v).copy_(saved[k])
+        self._swapped = {}
+

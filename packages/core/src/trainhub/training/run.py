@@ -23,6 +23,7 @@ from trainhub.training import signals, storage
 from trainhub.errors import PluginError, UserError
 from trainhub.training.rundir import RunDir
 from trainhub.plugins import Plugins, get_plugins
+from trainhub.resolve import resolve_config
 from trainhub.recipe import Recipe
 
 
@@ -55,43 +56,6 @@ class RunResult:
     step: int
     last_checkpoint: Optional[Path]
     eval_metrics: dict[str, float]
-
-
-def config_class_for(recipe: Recipe, plugins: Plugins) -> type[C.RunConfig]:
-    loggers = {name: reg.extra[0] for name, reg in plugins.registry["loggers"].items() if reg.extra}
-    return C.with_loggers(recipe.config_class, loggers)
-
-
-def shipped_configs(recipe: Recipe) -> dict[str, Path]:
-    """The named configs a recipe's package ships in its ``configs/`` folder, as ``{name: path}``."""
-    import importlib.resources
-
-    try:
-        root = Path(str(importlib.resources.files(type(recipe).__module__.split(".")[0]) / "configs"))
-    except (ModuleNotFoundError, TypeError):
-        return {}
-    exts = (".yaml", ".yml", ".json")
-    return {p.stem: p for p in sorted(root.iterdir()) if p.suffix in exts} if root.is_dir() else {}
-
-
-def config_path(recipe: Recipe, config_file: Any) -> Optional[Path]:
-    """``--config`` as given: a file, or the name of a config the recipe ships (``sr3_16_128``)."""
-    if config_file is None:
-        return None
-    p = Path(config_file)
-    if p.is_file() or p.suffix or len(p.parts) > 1:
-        return p
-    named = shipped_configs(recipe)
-    if str(config_file) in named:
-        return named[str(config_file)]
-    raise UserError(f"--config {config_file}: no such file, and recipe {recipe.name!r} ships no config of that name "
-                    f"(shipped: {', '.join(named) or 'none'})")
-
-
-def resolve_config(recipe: Recipe, plugins: Plugins, config_file: Any = None, overrides: Any = None) -> C.RunConfig:
-    """Recipe defaults < ``config_file`` (a path or a shipped config's name) < ``overrides``."""
-    return C.resolve(config_class_for(recipe, plugins), config_path(recipe, config_file), overrides,
-                     file_mapper=recipe.map_config)
 
 
 class HookCaller:
@@ -209,7 +173,8 @@ def _train(recipe: str | Recipe, config_file: Optional[str | Path], overrides: O
             saved_config = rd / "config.yaml"
     config = resolve_config(rec, plugins, config_file or saved_config, overrides)
 
-    from trainhub.training.trainer import Trainer, select_device
+    from trainhub.training.devices import select_device
+    from trainhub.training.trainer import Trainer
 
     device = select_device(config.train.device)
     if device.type == "cuda":
@@ -254,7 +219,7 @@ def _train(recipe: str | Recipe, config_file: Optional[str | Path], overrides: O
             raise refused
         if elsewhere is not None:
             raise UserError(elsewhere)
-        trainer = Trainer(rec, config, None if dry_run else run_dir, device, call_hook, info, dry_run=dry_run)
+        trainer = Trainer(rec, config, None if dry_run else run_dir, device, call_hook, info, plugins, dry_run=dry_run)
         if load_from is not None:
             trainer.load(load_from)
         elif resume not in (None, "auto"):
@@ -272,7 +237,7 @@ def _train(recipe: str | Recipe, config_file: Optional[str | Path], overrides: O
                 section = getattr(loggers_cfg, name, None) if loggers_cfg is not None else None
                 if section is not None and getattr(section, "enabled", False):
                     try:
-                        logger = reg.obj(section, info)
+                        logger = reg.load()(section, info)
                     except storage.DiskError:
                         raise
                     except Exception as exc:  # a logger that cannot start is named, and stops or is skipped

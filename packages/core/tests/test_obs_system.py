@@ -1,4 +1,4 @@
-"""System metrics, the memory watchdog and the memory diagnosis of ``trainhub doctor``."""
+"""System readings, the memory watchdog and the memory diagnosis of ``trainhub doctor``."""
 
 from __future__ import annotations
 
@@ -30,9 +30,9 @@ def test_doctor_report_sizes_the_dataset_and_the_worker_cache_footprint(tmp_path
     for i in range(5):
         (data / f"{i}.png").write_bytes(b"x" * 1000)
     (data / "sub" / "a.wav").write_bytes(b"y" * 3000)
-    size, files, exts, complete = system.dataset_size(data)
+    size, files, exts, complete = doctor.dataset_size(data)
     assert (size, files, dict(exts), complete) == (8000, 6, {".png": 5, ".wav": 1}, True)
-    assert system.dataset_size(data, max_files=2)[1:4:2] == (2, False)
+    assert doctor.dataset_size(data, max_files=2)[1:4:2] == (2, False)
 
     lines = doctor.doctor_report(data, cache_gb=0.5, num_workers=3, local_processes=1)
     text = "\n".join(lines)

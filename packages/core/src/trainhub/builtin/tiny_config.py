@@ -1,0 +1,30 @@
+"""The ``tiny`` recipe's config schema (no torch: ``trainhub config tiny`` reads it alone)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from trainhub.config import RunConfig, Section, TrainConfig
+
+
+class TinyModel(Section):
+    name: str = Field("tiny-mlp", description="a registered model name")
+    dim: int = Field(8, ge=1)
+    hidden: int = Field(64, ge=1)
+    depth: int = Field(2, ge=1)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+
+
+class TinyData(Section):
+    num_samples: int = Field(2048, ge=1)
+    val_samples: int = Field(256, ge=0)
+    noise: float = Field(0.05, ge=0.0, description="label noise, fixed per sample")
+    jitter: float = Field(0.01, ge=0.0, description="random input jitter per draw (augmentation)")
+    loss: str = Field("mse", description="a registered loss name: l1, mse, charbonnier, ...")
+
+
+class TinyConfig(RunConfig):
+    model: TinyModel = TinyModel()
+    data: TinyData = TinyData()
+    train: TrainConfig = TrainConfig(max_steps=300, batch_size=32, lr=3e-3, eval_every=100, log_every=20,
+                                     best_metric="val_mse", best_mode="min", ema=dict(decay=0.99))

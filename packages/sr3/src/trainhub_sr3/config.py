@@ -1,0 +1,86 @@
+"""The sr3 recipe's config schema (imports no torch: `trainhub config sr3` and `--help` read it alone)."""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import Field
+
+from trainhub.config import RunConfig, Section, TrainConfig
+
+class UNetConfig(Section):
+    """Defaults: a small UNet for the embedded CPU run; configs/sr3_16_128.yaml has the paper's."""
+
+    in_channel: int = 6
+    out_channel: int = 3
+    inner_channel: int = Field(32, ge=1)
+    norm_groups: int = Field(8, ge=1)
+    channel_multiplier: list[int] = [1, 2, 2]
+    attn_res: list[int] = [8]
+    res_blocks: int = Field(1, ge=1)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    image_size: int = Field(32, ge=8, description="resolution the attention levels (attn_res) refer to")
+    noise_encoding: Literal["sqrt_gamma", "log_snr"] = Field(
+        "log_snr", description="what the sinusoidal noise embedding encodes: log_snr (tells the low noise levels apart) or "
+        "sqrt_gamma (the reference's; its weights need it)")
+
+
+class BetaSchedule(Section):
+    schedule: Literal["linear", "cosine", "quad", "warmup10", "warmup50", "const", "jsd"] = "linear"
+    n_timestep: int = Field(1000, ge=1)
+    linear_start: float = Field(1e-6, gt=0.0)
+    linear_end: float = Field(1e-2, gt=0.0)
+
+
+class BetaSchedules(Section):
+    train: BetaSchedule = BetaSchedule()
+    val: Optional[BetaSchedule] = Field(None, description="explicit eval schedule; default: the train schedule respaced to eval_steps")
+
+
+class SR3Model(Section):
+    name: str = Field("sr3-unet", description="a registered model name")
+    network: Literal["sr3", "ddpm"] = Field("sr3", description="sr3: the UNet embeds the continuous noise level and training "
+                                            "draws it between two steps; ddpm: it embeds the integer timestep (training draws "
+                                            "whole steps). The reference's which_model_G; its weights need the one they have")
+    conditional: bool = Field(True, description="super-resolution (the UNet also sees the upsampled LR image); false: "
+                              "unconditional generation of image_size images (in_channel = out_channel)")
+    reference_config: Optional[str] = Field(None, description="the reference JSON this config was read from (set by --config "
+                                            "FILE.json); reference weights take their norm_groups from it, else 32")
+    unet: UNetConfig = UNetConfig()
+    beta_schedule: BetaSchedules = BetaSchedules()
+    eval_steps: int = Field(100, ge=1, description="sampling steps for eval and inference (respaced)")
+    loss: Literal["l1", "l2"] = "l1"
+    prediction: Literal["eps", "x0", "v"] = Field("x0", description="what the UNet predicts: x0 (learns fastest on the small "
+                                                   "default), eps (the reference's; its weights need it) or v")
+    residual: bool = Field(True, description="diffuse HR minus the bicubic upsampling (SRDiff-style); false = the reference's "
+                           "objective, needed for its weights")
+    sampler: Literal["ancestral", "ddim"] = Field("ddim", description="ddim: deterministic; ancestral: the reference's sampler")
+    residual_scale: float = Field(1.0, gt=0.0, description="with residual: the residual is multiplied by this before diffusion "
+                                  "(e.g. 5 brings the 8->32 residual towards unit variance; measured worse PSNR there, see README)")
+    temperature: float = Field(1.0, ge=0.0, le=1.0, description="eval/sample: scale of the starting noise; 1 = a posterior "
+                               "sample; lower starts closer to the mean (0 measured no better PSNR on the default, see README)")
+
+
+class SR3Data(Section):
+    source: Literal["embedded", "paired", "lmdb", "folder"] = Field(
+        "embedded", description="embedded photos, prepared pairs (folders or the reference's LMDB), or any image folder")
+    root: Optional[str] = Field(None, description="paired: folder with hr_<R>/ sr_<r>_<R>/ lr_<r>/; lmdb: the LMDB folder "
+                                "(data.mdb); folder: HR images")
+    val_root: Optional[str] = Field(None, description="validation data; default: a split of the embedded photos or none")
+    val_source: Optional[Literal["paired", "lmdb", "folder"]] = Field(
+        None, description="layout of val_root; default: lmdb if it holds data.mdb, paired if it holds hr_<R>/, else folder")
+    l_resolution: int = Field(8, ge=2)
+    r_resolution: int = Field(32, ge=4)
+    flips: bool = True
+    on_error: Literal["skip", "stop"] = Field("skip", description="an unreadable image is skipped with a warning, or stops the run")
+    train_len: int = Field(-1, description="use at most N training images (-1: all)")
+    val_len: int = Field(-1, description="evaluate on the first N validation images (-1: all; the embedded set has 40 tiles)")
+
+
+class SR3Config(RunConfig):
+    model: SR3Model = SR3Model()
+    data: SR3Data = SR3Data()
+    train: TrainConfig = TrainConfig(
+        lr=2e-4, weight_decay=1e-2, batch_size=16, max_steps=1500, eval_every=500, checkpoint_every=500,
+        best_metric="psnr", best_mode="max", ema=dict(decay=0.995), log_every=25,
+    )

@@ -1,0 +1,50 @@
+"""The tokenimage recipe's config schema (imports no torch: `trainhub config tokenimage` and `--help` read it alone)."""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import Field
+
+from trainhub.config import RunConfig, Section, TrainConfig
+
+class TokenImageModel(Section):
+    name: str = Field("tokenimage-dit", description="a registered model name")
+    patch_size: int = Field(4, ge=1, description="pixels per patch side; a multiple of the token block keeps tokens whole")
+    hidden: int = Field(64, ge=4)
+    depth: int = Field(3, ge=1)
+    heads: int = Field(2, ge=1)
+    mlp_ratio: float = Field(4.0, gt=0.0)
+    schedule: Literal["cosine", "linear", "sqrt"] = Field("cosine", description="noise schedule alpha_bar(t), t in [0, 1]")
+    skip: bool = Field(True, description="prediction = c_skip(t) * noisy + c_out(t) * network (EDM preconditioning); false = network")
+    sigma_data: float = Field(0.75, gt=0.0, description="data standard deviation assumed by the skip scales")
+    eval_levels: list[float] = Field([0.1, 0.3, 0.5, 0.7, 0.9], description="diffusion times t of the one-shot eval")
+    sample_steps: int = Field(50, ge=1, description="DDIM steps for eval generations and `trainhub sample`")
+    snap: bool = Field(True, description="project each clean prediction onto valid token codes while sampling")
+
+
+class TokenImageData(Section):
+    source: Optional[str] = Field(None, description="text file, .jsonl (text or messages) or folder; null = stdlib docstrings")
+    val_source: Optional[str] = Field(None, description="validation source; null = val_percent of the documents by hash")
+    tokenizer: str = Field("bytes", description="bytes (UTF-8, no files) or a HuggingFace tokenizers JSON file")
+    img_size: int = Field(64, ge=4)
+    channels: int = Field(3, ge=1)
+    block: tuple[int, int] = Field((2, 2), description="pixels (height, width) per token")
+    base: int = Field(4, ge=2, description="levels per cell (token ids are written in this base)")
+    use_chat_template: bool = Field(False, description="prompt -> condition image, answer -> target image")
+    max_tokens: Optional[int] = Field(None, ge=1, description="tokens per image; null = the capacity")
+    packing: Literal["pack", "none"] = Field("pack", description="pack short documents together, or one per image")
+    val_percent: float = Field(2.0, ge=0.0, le=100.0)
+    max_documents: Optional[int] = Field(None, ge=1, description="read at most N documents (quick runs)")
+    val_images: int = Field(64, ge=1, description="evaluate on at most N validation images")
+    eval_samples: int = Field(4, ge=0, le=4, description="images generated from noise at each eval (0 to 4)")
+
+
+class TokenImageConfig(RunConfig):
+    model: TokenImageModel = TokenImageModel()
+    data: TokenImageData = TokenImageData()
+    train: TrainConfig = TrainConfig(
+        lr=1e-3, batch_size=16, max_steps=1000, schedule="cosine", warmup_steps=50, min_lr_ratio=0.1,
+        max_grad_norm=1.0, precision="auto", eval_every=250, checkpoint_every=250, best_metric="val_loss",
+        best_mode="min", log_every=25, ema=dict(decay=0.995, start_step=200),
+    )
