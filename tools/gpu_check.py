@@ -256,7 +256,7 @@ def run_overrides(plan: Plan, steps: int) -> list[str]:
             "train.checkpoint_every_epoch=false", "train.measure_flops=false", "loggers.console.progress_bar=false"]
 
 
-def precision_overrides(plan: Plan, mode: str, compile_: bool) -> list[str]:
+def precision_overrides(mode: str, compile_: bool) -> list[str]:
     if mode == "fp16":
         return ["train.precision=fp16"]  # GradScaler; the optimizer is fused on CUDA by default
     return ["train.precision=bf16", "train.fused=true"] + (["train.compile=true"] if compile_ else [])
@@ -358,7 +358,7 @@ def check_train(ctx: Context, recipe: str, mode: str) -> tuple[str, dict[str, An
     compiled = mode == "bf16" and ctx.plan.cuda  # compile on CPU would cost the smoke test minutes
     run = ctx.work / "run"
     ctx.trainhub("run", recipe, "--run-dir", run, *run_overrides(ctx.plan, ctx.plan.steps),
-                 *precision_overrides(ctx.plan, mode, compiled), *recipe_overrides(ctx.plan, recipe))
+                 *precision_overrides(mode, compiled), *recipe_overrides(ctx.plan, recipe))
     m = train_metrics(run, ctx.plan.steps)
     losses = ", ".join(f"{k} {v:.4g}" for k, v in m["loss"].items())
     summary = (f"{m['steps']} steps, {losses}, {m['steps_per_s']:.1f} steps/s, {m['overhead_s']:.1f} s above the median "
@@ -369,7 +369,7 @@ def check_train(ctx: Context, recipe: str, mode: str) -> tuple[str, dict[str, An
 def check_resume(ctx: Context) -> tuple[str, dict[str, Any]]:
     steps = ctx.plan.steps
     half = steps // 2
-    ov = [*run_overrides(ctx.plan, steps), *precision_overrides(ctx.plan, "bf16", compile_=False),
+    ov = [*run_overrides(ctx.plan, steps), *precision_overrides("bf16", compile_=False),
           "train.deterministic=true", *recipe_overrides(ctx.plan, RESUME_RECIPE)]
     full, cut = ctx.work / "full", ctx.work / "cut"
     ctx.trainhub("run", RESUME_RECIPE, "--run-dir", full, *ov)
