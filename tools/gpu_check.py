@@ -15,7 +15,8 @@ Checks, each in its own subprocesses with its own timeout, so that a failure or 
 - ``resume``: dit with ``train.deterministic``: a run, the same run with a real SIGTERM after half the steps
   (it must save and exit 0), resumed with ``--resume auto``; model and EMA must be bit-identical.
 - ``torchrun:ddp`` / ``torchrun:fsdp``: ``trainhub run tiny --nproc-per-node 1`` (``train.strategy=fsdp``);
-  records the world size, whether an NCCL communicator was made and whether the checkpoint is sharded.
+  one process still joins a process group (NCCL on CUDA, gloo on CPU), so the check fails unless NCCL made a
+  communicator and, with fsdp, the checkpoint is sharded.
 - ``bench:*``: tools/bench_dit.py and tools/bench_sr3.py (trainhub against a plain fp32/TF32 loop, torch.compile
   on the trainhub side), each alone on the device; img/s, ratio and MFU against the measured bf16 matmul peak,
   next to the targets.
@@ -402,12 +403,15 @@ def check_torchrun(ctx: Context, strategy: str) -> tuple[str, dict[str, Any]]:
     world = json.loads((saved / "training_state.json").read_text())["world_size"]
     nccl = ("NCCL INFO" in out) if ctx.plan.cuda else None  # NCCL_DEBUG=INFO prints once a communicator is made
     sharded = (saved / "fsdp_layout.json").is_file()
+    if nccl is False:
+        raise CheckFailed("no NCCL communicator was made (NCCL_DEBUG=INFO printed nothing)", tail(out))
+    if strategy == "fsdp" and not sharded:
+        raise CheckFailed("train.strategy=fsdp under torchrun wrote no sharded checkpoint (no fsdp_layout.json)", tail(out))
     notes = [f"world size {world}", f"loss {m['loss']['loss']:.4g}"]
-    if nccl is not None:
-        notes.append("NCCL communicator made" if nccl else "no NCCL communicator made (NCCL_DEBUG=INFO printed nothing)")
+    if nccl:
+        notes.append("NCCL communicator made")
     if strategy == "fsdp":
-        notes.append("checkpoint sharded (fsdp_layout.json)" if sharded
-                     else "not sharded: the checkpoint has no fsdp_layout.json (FSDP2 applies with 2+ processes)")
+        notes.append("checkpoint sharded (fsdp_layout.json)")
     return "; ".join(notes), {**m, "world_size": world, "nccl_communicator": nccl, "sharded": sharded}
 
 
@@ -624,7 +628,7 @@ def probe_environment(device: str) -> None:
 
     from trainhub.cli import main as trainhub_main
     from trainhub.plugins import get_plugins
-    from trainhub.run import resolve_config
+    from trainhub.resolve import resolve_config
 
     plugins = get_plugins()
     missing = sorted(set(RECIPES) - set(plugins.registry["recipes"]))

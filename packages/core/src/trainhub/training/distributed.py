@@ -11,6 +11,11 @@ import torch.distributed as dist
 from torch import nn
 
 
+def is_initialized() -> bool:
+    """A process group is up (torchrun started this process)."""
+    return dist.is_available() and dist.is_initialized()
+
+
 def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
@@ -28,7 +33,11 @@ def is_main() -> bool:
 
 
 def launched_by_torchrun() -> bool:
-    return "RANK" in os.environ and "WORLD_SIZE" in os.environ and int(os.environ["WORLD_SIZE"]) > 1
+    """Started by torchrun (``--nproc-per-node 1`` included: its one process still joins a group, so NCCL and FSDP
+    run as they would with more), or by another launcher that describes several processes."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return False
+    return int(os.environ["WORLD_SIZE"]) > 1 or "TORCHELASTIC_RUN_ID" in os.environ
 
 
 def init(device: torch.device, timeout_s: float = 1800.0) -> None:

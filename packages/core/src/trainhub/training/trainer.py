@@ -56,7 +56,7 @@ class Trainer:
         self.amp_dtype = amp_dtype(self.precision)
         self.signals = signals.active() or signals.StopSignals()  # SIGINT/SIGTERM: save after this step, exit 0
         self.signals.announce = self.is_main
-        strategy = FSDPStrategy if self.tc.strategy == "fsdp" and self.world > 1 else Strategy
+        strategy = FSDPStrategy if self.tc.strategy == "fsdp" and dist.is_initialized() else Strategy
         self.strategy = strategy(device, self.rank, self.world, self.tc.compile)
         # the state a checkpoint holds besides weights, optimizers and RNG (training_state.json)
         self.step = self.epoch = 0
