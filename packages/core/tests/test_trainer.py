@@ -168,10 +168,19 @@ def test_resume_refuses_a_different_batch_layout(tmp_path, quiet):
         train("tiny", overrides=quiet + ["train.max_steps=4", "train.batch_size=16"], run_dir=tmp_path / "r", resume="auto")
 
 
-def test_dry_run_writes_nothing(tmp_path, quiet):
+def test_dry_run_writes_nothing_and_says_what_it_checked(tmp_path, quiet, capsys):
     os.chdir(tmp_path)
-    res = train("tiny", overrides=quiet + ["train.max_steps=50"], dry_run=True)
+    res = train("tiny", overrides=quiet + ["train.max_steps=50", "train.schedule=cosine", "model.hidden=16"], dry_run=True)
     assert res.step == 1 and not (tmp_path / "runs").exists() and not res.run_dir.exists()
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "trainhub: dry run of tiny: config valid, models and data built, one step run, nothing written"
+    assert "  model 'model': TinyMLP, 433 parameters (433 trained, EMA)" in out  # 8*16+16 + 16*16+16 + 16+1
+    assert "  data: 2,048 training samples, 256 validation; batch 32 x accumulation 1 x 1 process; 64 steps per epoch, 50 steps" in out
+    assert "  batch: x float32[32, 8], y float32[32, 1]" in out
+    assert any(line.startswith("  step 1: loss=") and "grad_norm=" in line for line in out)
+    assert "  optimizer 'model': adamw (lr 0.003, weight decay 0); schedule cosine over 50 steps, warmup 0" in out
+    assert "  device cpu, precision fp32, one process" in out
+    assert out[-1].startswith("  a run would write: runs/tiny/")
 
 
 def test_epochs_and_linear_schedule(tmp_path, quiet):

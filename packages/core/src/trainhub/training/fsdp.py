@@ -115,6 +115,9 @@ class FSDPStrategy(Strategy):
         self.sharded = tuple(trained)
         self._swapped: dict[str, dict[str, torch.Tensor]] = {}
 
+    def describe(self) -> str:
+        return f"FSDP over {self.world} process{'es' if self.world > 1 else ''}"
+
     def check_auto_batch(self) -> None:
         raise UserError("train.batch_size=auto is not supported with train.strategy=fsdp (trial steps would need every "
                         "rank in lockstep); set a number")

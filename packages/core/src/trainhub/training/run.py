@@ -22,6 +22,7 @@ from trainhub.training import distributed as dist
 from trainhub.training import signals, storage
 from trainhub.errors import PluginError, UserError
 from trainhub.training.rundir import RunDir
+from trainhub.training.summary import dry_run_summary
 from trainhub.plugins import Plugins, get_plugins
 from trainhub.resolve import resolve_config
 from trainhub.recipe import Recipe
@@ -192,11 +193,12 @@ def _train(recipe: str | Recipe, config_file: Optional[str | Path], overrides: O
     if load_from is not None:
         _check_recipe(load_from, rec)
     tmp: Optional[tempfile.TemporaryDirectory] = None
+    would_write = run_dir if run_dir is not None else _new_run_dir(config, rec)
     if dry_run:
         tmp = tempfile.TemporaryDirectory(prefix="trainhub-dry-run-")
         run_dir = Path(tmp.name)
-    elif run_dir is None:
-        run_dir = _new_run_dir(config, rec)
+    else:
+        run_dir = would_write
     run_dir = Path(dist.broadcast_object(str(run_dir)))
     owner = RunDir(run_dir) if is_main and not dry_run else None  # only rank 0 locks and writes the run directory
 
@@ -250,6 +252,8 @@ def _train(recipe: str | Recipe, config_file: Optional[str | Path], overrides: O
                     plugins.pm.register(logger, name=pname)
                     registered.append(pname)
         status = trainer.fit()
+        if dry_run and is_main:
+            print(dry_run_summary(trainer, would_write, trainer.dry_batch), flush=True)
     finally:
         for pname in registered:
             if plugins.pm.has_plugin(pname):

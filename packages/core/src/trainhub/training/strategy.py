@@ -43,6 +43,9 @@ class Strategy:
             out[name] = w
         return out
 
+    def describe(self) -> str:
+        return "one process" if self.world == 1 else f"DDP over {self.world} processes"
+
     def check_auto_batch(self) -> None:
         """Raise where ``train.batch_size=auto`` cannot probe (trial steps run without collectives)."""
 

@@ -236,6 +236,8 @@ class Trainer:
                         continue
                     micro.append(to_device(b, self.device, self.pin, tc.channels_last))
                 data_time = time.perf_counter() - t0
+                if self.dry_run:
+                    self.dry_batch = micro[0]  # for the summary
                 # the step itself: its state is not whole until it ends (a failure inside it is not saved)
                 self.between_steps = False
                 self.batch_in_epoch += accum
