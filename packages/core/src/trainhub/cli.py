@@ -14,6 +14,7 @@ from trainhub.errors import TrainingStopped, UserError
 
 EPILOG = """examples:
   trainhub list                                   recipes you can run
+  trainhub runs                                   past and running runs, newest first
   trainhub run sr3                                train on the embedded default data
   trainhub run sr3 --config cfg.yaml train.lr=2e-4 --data.root ./images
   trainhub run sr3 --resume auto                  continue the newest run
@@ -23,26 +24,37 @@ EPILOG = """examples:
 """
 
 
+RUN_DESCRIPTION = ("Train a recipe. Extra arguments are config overrides: key.path=value or --key.path value (later wins: "
+                   "defaults < --config < overrides).")
+
+
+def _run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML, or JSON with // comments; or the name of a config the recipe ships "
+                   "(trainhub config RECIPE --list shows them)")
+    p.add_argument("--resume", help="auto (latest checkpoint of the run, fresh start if none) or a checkpoint/run directory")
+    p.add_argument("--run-dir", help="run directory (default: <output_dir>/<recipe>/<run_name or timestamp>)")
+    p.add_argument("--dry-run", action="store_true", help="validate config, build model and data, run one step, write nothing")
+    p.add_argument("--nproc-per-node", type=int, help="processes per node: hands over to torch.distributed.run (torchrun)")
+    p.add_argument("--nnodes", type=int, default=1, help="number of nodes (with --nproc-per-node)")
+    p.add_argument("--node-rank", type=int, default=0, help="this node's rank (with --nnodes > 1)")
+    p.add_argument("--rdzv-endpoint", help="HOST:PORT of the rendezvous (with --nnodes > 1)")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="trainhub", description="Train image, video and audio generative models with plugins.",
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="store_true", help="print the version and exit")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    r = sub.add_parser("run", help="train a recipe", description="Train a recipe. Extra arguments are config overrides: "
-                       "key.path=value or --key.path value (later wins: defaults < --config < overrides).")
+    r = sub.add_parser("run", help="train a recipe", description=RUN_DESCRIPTION + " trainhub run RECIPE --help lists the "
+                       "recipe's config keys.")
     r.add_argument("recipe", help="recipe name (see `trainhub list`)")
-    r.add_argument("--config", help="YAML, or JSON with // comments; or the name of a config the recipe ships "
-                   "(trainhub config RECIPE --list shows them)")
-    r.add_argument("--resume", help="auto (latest checkpoint of the run, fresh start if none) or a checkpoint/run directory")
-    r.add_argument("--run-dir", help="run directory (default: <output_dir>/<recipe>/<run_name or timestamp>)")
-    r.add_argument("--dry-run", action="store_true", help="validate config, build model and data, run one step, write nothing")
-    r.add_argument("--nproc-per-node", type=int, help="processes per node: hands over to torch.distributed.run (torchrun)")
-    r.add_argument("--nnodes", type=int, default=1, help="number of nodes (with --nproc-per-node)")
-    r.add_argument("--node-rank", type=int, default=0, help="this node's rank (with --nnodes > 1)")
-    r.add_argument("--rdzv-endpoint", help="HOST:PORT of the rendezvous (with --nnodes > 1)")
+    _run_options(r)
 
     sub.add_parser("list", help="list recipes")
+    rs = sub.add_parser("runs", help="past and running runs: state, step, best metric, path (newest first)")
+    rs.add_argument("recipe", nargs="?", help="only this recipe's runs")
+    rs.add_argument("--dir", default="runs", help="the output_dir the runs were written to (default: runs)")
     sub.add_parser("plugins", help="list plugins, their distributions, versions and what each registered")
 
     c = sub.add_parser("config", help="print a recipe's default config as YAML")
@@ -66,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     a = sub.add_parser("analyze", help="performance report of a run directory", add_help=False)
     a.add_argument("run_dir", nargs="?")
     x = sub.add_parser("export", help="write one model of a checkpoint (plain or FSDP-sharded) as a single safetensors file")
-    x.add_argument("--checkpoint", required=True, help="checkpoint or run directory")
+    x.add_argument("--checkpoint", required=True, help="a checkpoint directory, or a run directory: its best checkpoint (the last where it keeps no best); RUN:last, RUN:best or RUN:STEP choose")
     x.add_argument("--model", default="model", help="model name in the checkpoint (default: model)")
     x.add_argument("--ema", action="store_true", help="export the EMA weights")
     x.add_argument("--out", required=True, help="output .safetensors file")
@@ -89,6 +101,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return _main(argv)
+    except BrokenPipeError:  # ``trainhub config sr3 | head``: the reader is gone, so is the rest of the output
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except TrainingStopped as e:
         print(f"trainhub: stopped: {e}", file=sys.stderr)
         return 1
@@ -113,9 +128,12 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 def _main(argv: list[str]) -> int:
     parser = _parser()
-    known = {"run", "list", "plugins", "config", "doctor", "sample", "eval", "prepare", "analyze", "new", "export"}
+    known = {"run", "list", "runs", "plugins", "config", "doctor", "sample", "eval", "prepare", "analyze", "new", "export"}
     if argv and not argv[0].startswith("-") and argv[0] not in known:
         return _recipe_command(argv[0], argv[1:], parser)
+    names = [a for a in argv[1:] if not a.startswith("-")]
+    if argv[:1] == ["run"] and names and {"-h", "--help"} & set(argv):
+        return _run_help(parser, names[0])
     args, rest = parser.parse_known_args(argv)
     if args.version:
         from trainhub import __version__
@@ -132,13 +150,37 @@ def _main(argv: list[str]) -> int:
     return globals()[f"cmd_{args.command}"](args, rest)
 
 
+def _run_help(parser: argparse.ArgumentParser, recipe: str) -> int:
+    """``trainhub run NAME --help``: the run options, then every config key of the recipe with its type, default and
+    description (from the config schema; no recipe module, no torch)."""
+    from trainhub import config as C
+    from trainhub.plugins import get_plugins
+    from trainhub.resolve import config_class_for
+
+    plugins = get_plugins()
+    entry = plugins.recipe_entry(recipe)
+    run_parser = argparse.ArgumentParser(prog=f"trainhub run {recipe}", usage=f"trainhub run {recipe} [options] [key=value ...]",
+                                         description=RUN_DESCRIPTION)
+    _run_options(run_parser)
+    print(run_parser.format_help())
+    rows = C.describe_keys(config_class_for(entry, plugins)())
+    widths = [min(max(len(r[i]) for r in rows), cap) for i, cap in ((0, 44), (1, 28), (2, 24))]
+    print(f"{recipe} ({plugins.registry['recipes'][recipe].distribution}): {entry.description}")
+    print("config keys: key=value or --key value on the command line, or in a --config file (trainhub config "
+          f"{recipe} writes them all as YAML)\n")
+    for key, typ, default, desc in rows:
+        cells = [key.ljust(widths[0]), typ[: widths[1]].ljust(widths[1]), default[: widths[2]].ljust(widths[2])]
+        print(("  " + "  ".join(cells) + "  " + desc).rstrip())
+    return 0
+
+
 def _recipe_command(name: str, args: list[str], parser: argparse.ArgumentParser) -> int:
     from trainhub.plugins import get_plugins
 
     plugins = get_plugins()
     if name not in plugins.registry["recipes"]:
         parser.print_usage(sys.stderr)
-        raise UserError(f"unknown command or recipe {name!r}; commands: run, list, plugins, config, doctor, sample, eval, "
+        raise UserError(f"unknown command or recipe {name!r}; commands: run, list, runs, plugins, config, doctor, sample, eval, "
                         f"prepare, analyze, new; recipes: {', '.join(sorted(plugins.registry['recipes'])) or 'none'}")
     try:
         plugins.recipe(name).command(args)
@@ -198,6 +240,13 @@ def _launch_torchrun(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_runs(args: argparse.Namespace, rest: list[str]) -> int:
+    from trainhub.observe.runs import find_runs, table
+
+    print(table(find_runs(Path(args.dir), args.recipe)))
+    return 0
+
+
 def cmd_list(args: argparse.Namespace, rest: list[str]) -> int:
     from trainhub.plugins import get_plugins
 
@@ -237,7 +286,7 @@ def cmd_config(args: argparse.Namespace, rest: list[str]) -> int:
         print(C.to_yaml(resolve_config(plugins.recipe(args.recipe), plugins, args.name)), end="")
         return 0
     cls = config_class_for(entry, plugins)
-    print(C.json_schema(cls) if args.schema else C.to_yaml(cls()), end="" if not args.schema else "\n")
+    print(C.json_schema(cls) if args.schema else C.commented_yaml(cls()), end="" if not args.schema else "\n")
     return 0
 
 
@@ -256,7 +305,7 @@ def _load_for_inference(command: str, recipe_name: str, checkpoint: str, ema: bo
 
     plugins = get_plugins()
     recipe = plugins.recipe(recipe_name)
-    path = ckpt.resolve_checkpoint(checkpoint)
+    path = ckpt.resolve_checkpoint(checkpoint, default="best")
     ckpt.check_recipe(path, recipe.name, f"use trainhub {command} {{recipe}} --checkpoint {checkpoint}")
     run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
     cfg_file = run_dir / "config.yaml"
@@ -273,7 +322,7 @@ def cmd_sample(args: argparse.Namespace, rest: list[str]) -> int:
     recipe_name = rest[0] if rest else ""
     recipe = get_plugins().recipe(recipe_name)
     p = argparse.ArgumentParser(prog=f"trainhub sample {recipe_name}", description=f"Generate with a trained {recipe_name} checkpoint.")
-    p.add_argument("--checkpoint", required=True, help="checkpoint directory, or a run directory (its latest checkpoint)")
+    p.add_argument("--checkpoint", required=True, help="a checkpoint directory, or a run directory: its best checkpoint (the last where it keeps no best); RUN:last, RUN:best or RUN:STEP choose")
     p.add_argument("--out", help="output directory (default: <run>/samples/cli-<time>)")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of EMA")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
@@ -307,7 +356,7 @@ def cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
     p = argparse.ArgumentParser(prog="trainhub eval", description="Evaluate a checkpoint on the recipe's validation data; "
                                 "extra key=value arguments override the run's saved config (e.g. data.val_root=./val).")
     p.add_argument("recipe")
-    p.add_argument("--checkpoint", required=True, help="checkpoint or run directory")
+    p.add_argument("--checkpoint", required=True, help="a checkpoint directory, or a run directory: its best checkpoint (the last where it keeps no best); RUN:last, RUN:best or RUN:STEP choose")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of EMA")
     args, overrides = p.parse_known_args(rest)
     args.overrides = overrides
@@ -351,7 +400,7 @@ def cmd_export(args: argparse.Namespace, rest: list[str]) -> int:
     from trainhub.training import storage
     from trainhub.training.checkpoint import consolidate, is_sharded_checkpoint
 
-    path = ckpt.resolve_checkpoint(args.checkpoint)
+    path = ckpt.resolve_checkpoint(args.checkpoint, default="best")
     f = path / (ckpt.ema_file(args.model) if args.ema else ckpt.model_file(args.model))
     if f.is_file():
         sd = ckpt.read_tensors(f)

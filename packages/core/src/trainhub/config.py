@@ -27,8 +27,8 @@ class Section(BaseModel):
 
 
 class EMAConfig(Section):
-    enabled: bool = True
-    decay: float = Field(0.999, ge=0.0, le=1.0)
+    enabled: bool = Field(True, description="keep an exponential moving average of the weights (eval and sampling use it)")
+    decay: float = Field(0.999, ge=0.0, le=1.0, description="ema = decay * ema + (1 - decay) * weights, every `every` steps")
     start_step: int = Field(0, ge=0, description="optimizer step at which EMA starts (before: copy weights)")
     every: int = Field(1, ge=1, description="update EMA every N optimizer steps")
 
@@ -37,7 +37,8 @@ class DistillConfig(Section):
     """Knowledge distillation from a trained teacher of the same recipe (:mod:`trainhub.kit.distill`): a recipe that
     supports it adds a ``distill`` section of this type."""
 
-    teacher: Optional[str] = Field(None, description="teacher checkpoint or run directory (same recipe, any config)")
+    teacher: Optional[str] = Field(None, description="teacher checkpoint or run directory (its best checkpoint; RUN:last, "
+                                   "RUN:STEP choose); same recipe, any config")
     teacher_overrides: list[str] = Field(default_factory=list, description="overrides of the teacher's saved config")
     output_weight: float = Field(1.0, ge=0.0, description="weight of the student-teacher output loss")
     feature_weight: float = Field(0.0, ge=0.0, description="weight of intermediate-feature losses, where exposed")
@@ -59,47 +60,49 @@ class TrainConfig(Section):
     epochs: Optional[int] = Field(None, ge=1, description="train for this many epochs instead of max_steps")
     batch_size: Union[int, Literal["auto"]] = Field(8, description="per-device micro-batch size (>= 1), or auto (largest that fits)")
     global_batch_size: Optional[int] = Field(None, ge=1, description="with batch_size auto: set accumulation to reach it")
-    auto_batch_max: int = Field(1024, ge=1)
+    auto_batch_max: int = Field(1024, ge=1, description="with batch_size auto: the largest batch tried")
     auto_batch_margin: float = Field(0.05, ge=0.0, lt=1.0, description="fraction taken off the largest fitting batch")
-    gradient_accumulation_steps: int = Field(1, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1, description="micro-batches per optimizer step")
     optimizer: str = Field("adamw", description="a registered optimizer: adamw, adam, sgd, or a plugin's (trainhub plugins "
                            "lists them)")
     optimizer_args: dict[str, Any] = Field(default_factory=dict, description="the optimizer's other keyword arguments, "
                                            "e.g. {momentum: 0.9, nesterov: true} for sgd")
-    lr: float = Field(1e-4, gt=0.0)
-    betas: tuple[float, float] = (0.9, 0.999)
-    weight_decay: float = Field(0.0, ge=0.0)
-    eps: float = Field(1e-8, gt=0.0)
+    lr: float = Field(1e-4, gt=0.0, description="the base learning rate (the schedule multiplies it)")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="Adam/AdamW moment decays")
+    weight_decay: float = Field(0.0, ge=0.0, description="decoupled for adamw, added to the gradient for adam and sgd")
+    eps: float = Field(1e-8, gt=0.0, description="Adam/AdamW denominator epsilon")
     fused: Optional[bool] = Field(None, description="fused AdamW kernel; null = on for CUDA")
     schedule: str = Field("constant", description="a registered lr schedule: constant, cosine, linear (each after "
                           "warmup_steps), or a plugin's")
     schedule_args: dict[str, Any] = Field(default_factory=dict, description="the schedule's other keyword arguments")
-    warmup_steps: int = Field(0, ge=0)
-    min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0)
+    warmup_steps: int = Field(0, ge=0, description="optimizer steps of linear lr warm-up")
+    min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0, description="cosine and linear decay end at lr x this")
     max_grad_norm: Optional[float] = Field(1.0, gt=0.0, description="clip after unscale; null = no clipping")
-    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
-    fp16_init_scale: float = Field(65536.0, gt=0.0)
-    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    seed: int = 0
-    deterministic: bool = False
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description="autocast dtype; auto: bf16 on CUDA "
+                                                              "(fp16 + grad scaler where bf16 is missing), fp32 elsewhere")
+    fp16_init_scale: float = Field(65536.0, gt=0.0, description="the fp16 grad scaler's first scale")
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="auto: CUDA, then MPS, then CPU")
+    seed: int = Field(0, description="seeds model init, data order, augmentation and noise (exact resume keeps them)")
+    deterministic: bool = Field(False, description="deterministic kernels (slower on CUDA): bit-identical runs on one machine")
     ema: EMAConfig = EMAConfig()
     eval_every: int = Field(0, ge=0, description="optimizer steps between evals; 0 = only at the end")
-    eval_at_end: bool = True
+    eval_at_end: bool = Field(True, description="evaluate when the run completes")
     checkpoint_every: int = Field(0, ge=0, description="optimizer steps between checkpoints; 0 = only at the end")
-    checkpoint_every_epoch: bool = False
+    checkpoint_every_epoch: bool = Field(False, description="also save checkpoint-epoch-N at every epoch end")
     checkpoint_at_end: bool = Field(True, description="save when the run completes; false with checkpoint_every 0: no "
                                     "checkpoint at all (benchmarks, sweeps). An interrupted run always saves")
-    keep_last: int = Field(3, ge=1)
-    best_metric: Optional[str] = None
-    best_mode: Literal["min", "max"] = "min"
-    log_every: int = Field(10, ge=1)
+    keep_last: int = Field(3, ge=1, description="checkpoints kept (the best and the newest good one are never pruned)")
+    best_metric: Optional[str] = Field(None, description="an eval metric: its best checkpoint is kept and named in best.json "
+                                       "(sample and eval --checkpoint RUN use it)")
+    best_mode: Literal["min", "max"] = Field("min", description="lower or higher best_metric is better")
+    log_every: int = Field(10, ge=1, description="optimizer steps between logged metrics (the only host sync besides the finite check)")
     max_nonfinite: int = Field(5, ge=1, description="consecutive non-finite steps before the run stops")
     data_schedule: list[DataPhase] = Field(
         default_factory=list, description="progressive resizing: data settings per epoch range, applied at epoch boundaries"
     )
-    compile: bool = False
+    compile: bool = Field(False, description="torch.compile the models (CUDA; the first steps compile)")
     activation_checkpointing: bool = Field(False, description="recompute each block's activations in backward (Recipe.blocks)")
-    channels_last: bool = False
+    channels_last: bool = Field(False, description="channels-last memory format for conv nets (faster convolutions on CUDA)")
     measure_flops: bool = Field(True, description="count the FLOPs of the first optimizer step as it runs; logs tflops "
                                 "and, on CUDA, mfu")
     strategy: Literal["ddp", "fsdp"] = Field("ddp", description="ddp, or fsdp (FSDP2 fully_shard per block; for large models)")
@@ -119,12 +122,13 @@ class TrainConfig(Section):
 
 
 class LoaderConfig(Section):
-    num_workers: Union[int, Literal["auto"]] = "auto"
+    num_workers: Union[int, Literal["auto"]] = Field("auto", description="DataLoader worker processes; auto: CPUs per "
+                                                     "process - 1, at most 8")
     pin_memory: Optional[bool] = Field(None, description="null = on when training on CUDA")
-    persistent_workers: bool = True
-    prefetch_factor: int = Field(2, ge=1)
-    drop_last: bool = True
-    shuffle: bool = True
+    persistent_workers: bool = Field(True, description="keep workers alive between epochs")
+    prefetch_factor: int = Field(2, ge=1, description="batches each worker loads ahead")
+    drop_last: bool = Field(True, description="drop an epoch's incomplete last batch")
+    shuffle: bool = Field(True, description="a new order every epoch (from the seed and the epoch)")
     group_window: Optional[int] = Field(
         None, ge=1, description="keep samples of a group (a dataset's sample_groups, e.g. video sequences) together in windows of N"
     )
@@ -357,3 +361,59 @@ def to_yaml(config: BaseModel) -> str:
 
 def json_schema(config_class: type[BaseModel]) -> str:
     return json.dumps(config_class.model_json_schema(), indent=2)
+
+
+def _type_name(annotation: Any) -> str:
+    """``int``, ``str | null``, ``one of: ddim, ancestral``, ``list[int]``: the type as a user writes a value."""
+    import typing
+
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Literal:
+        return "one of: " + ", ".join(str(a) for a in args)
+    if origin is Union or (origin is not None and getattr(origin, "__name__", "") == "UnionType"):
+        names = [_type_name(a) for a in args if a is not type(None)]
+        return " | ".join(names) + (" | null" if type(None) in args else "")
+    if origin is not None:
+        return f"{getattr(origin, '__name__', str(origin))}[{', '.join(_type_name(a) for a in args)}]"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def describe_keys(config: BaseModel, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """``(key.path, type, default, description)`` for every leaf key of ``config`` (its values as the defaults)."""
+    rows = []
+    for name, field in type(config).model_fields.items():
+        value = getattr(config, name)
+        key = f"{prefix}{name}"
+        if isinstance(value, BaseModel):
+            rows += describe_keys(value, key + ".")
+            continue
+        shown = json.dumps(value) if not isinstance(value, str) else value
+        rows.append((key, _type_name(field.annotation), shown, " ".join((field.description or "").split())))
+    return rows
+
+
+def commented_yaml(config: BaseModel) -> str:
+    """YAML like :func:`to_yaml`, each key preceded by its description as a comment (``trainhub config NAME``)."""
+    lines: list[str] = []
+
+    def emit(model: BaseModel, indent: str) -> None:
+        plain = model.model_dump(mode="json")
+        for name, field in type(model).model_fields.items():
+            value = getattr(model, name)
+            if field.description:
+                lines.extend(f"{indent}# {line}" for line in _wrap(" ".join(field.description.split()), 110 - len(indent)))
+            if isinstance(value, BaseModel):
+                lines.append(f"{indent}{name}:")
+                emit(value, indent + "  ")
+            else:
+                dumped = yaml.safe_dump(plain[name], default_flow_style=True, width=10**6)
+                lines.append(f"{indent}{name}: {dumped.removesuffix(chr(10)).removesuffix('...').strip()}")
+
+    emit(config, "")
+    return "\n".join(lines) + "\n"
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    import textwrap
+
+    return textwrap.wrap(text, max(40, width)) or [""]

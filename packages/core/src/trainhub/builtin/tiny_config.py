@@ -9,15 +9,15 @@ from trainhub.config import RunConfig, Section, TrainConfig
 
 class TinyModel(Section):
     name: str = Field("tiny-mlp", description="a registered model name")
-    dim: int = Field(8, ge=1)
-    hidden: int = Field(64, ge=1)
-    depth: int = Field(2, ge=1)
-    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    dim: int = Field(8, ge=1, description="input features")
+    hidden: int = Field(64, ge=1, description="width of the hidden layers")
+    depth: int = Field(2, ge=1, description="hidden layers")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="dropout after each hidden layer")
 
 
 class TinyData(Section):
-    num_samples: int = Field(2048, ge=1)
-    val_samples: int = Field(256, ge=0)
+    num_samples: int = Field(2048, ge=1, description="training samples of the synthetic regression")
+    val_samples: int = Field(256, ge=0, description="validation samples (0: no eval data)")
     noise: float = Field(0.05, ge=0.0, description="label noise, fixed per sample")
     jitter: float = Field(0.01, ge=0.0, description="random input jitter per draw (augmentation)")
     loss: str = Field("mse", description="a registered loss name: l1, mse, charbonnier, ...")

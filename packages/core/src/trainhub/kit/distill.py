@@ -33,7 +33,7 @@ def load_teacher(recipe: Any, cfg: DistillConfig, name: str = "model") -> nn.Mod
 
     if not cfg.teacher:
         raise UserError("distill.teacher is not set: give the teacher's checkpoint or run directory")
-    path = ckpt.resolve_checkpoint(cfg.teacher)
+    path = ckpt.resolve_checkpoint(cfg.teacher, default="best")
     run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
     cfg_file = run_dir / "config.yaml"
     if not cfg_file.is_file():

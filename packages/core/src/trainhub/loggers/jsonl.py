@@ -59,6 +59,11 @@ class JsonlLogger:
             self.f.flush()
 
     @hookimpl
+    def trainhub_run_start(self, run: Any) -> None:
+        self._write({"kind": "start", "step": run.step, "time": time.time(), "recipe": run.recipe.name,
+                     "max_steps": run.max_steps, "resumed": run.resumed, "run_id": run.run_id})
+
+    @hookimpl
     def trainhub_step_end(self, run: Any, step: int, metrics: dict[str, float]) -> None:
         if metrics:
             self._write({"kind": "train", "step": step, "epoch": run.epoch, "time": time.time(), **metrics})

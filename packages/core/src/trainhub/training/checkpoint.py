@@ -429,18 +429,42 @@ def load_rng(directory: Path, rank: int) -> bool:
     return True
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint dir, or a run dir / checkpoints dir (-> its latest checkpoint)."""
-    p = Path(path)
+def resolve_checkpoint(path: str | Path, default: str = "last") -> Path:
+    """A checkpoint directory, or a run (or its checkpoints) directory -> one of its checkpoints: ``RUN:best`` (the one
+    ``best.json`` names), ``RUN:last``, ``RUN:STEP`` (``checkpoint-STEP``); a bare ``RUN`` takes ``default`` (best
+    falls back to the last where the run keeps no best)."""
+    p, which = Path(path), None
+    head, sep, tail = str(path).rpartition(":")
+    if sep and tail and Path(head).exists() and not Path(path).exists():
+        p, which = Path(head), tail
     if (p / STATE_FILE).is_file():
+        if which is not None:
+            raise UserError(f"{path}: {p} is a checkpoint directory already; :{which} chooses among a run's checkpoints")
         return p
     if any(p.glob("rng_state_rank*.safetensors")):  # a trainhub checkpoint that lost its state file
         raise damaged(p / STATE_FILE, "missing: not a complete trainhub checkpoint")
-    for root in (p / "checkpoints", p):
+    root = p / "checkpoints" if (p / "checkpoints").is_dir() else p
+    run_dir = root.parent if root.name == "checkpoints" else root
+    choice = which or default
+    if choice == "best":
+        best = run_dir / "best.json"
+        name = json.loads(best.read_text()).get("checkpoint") if best.is_file() else None
+        if name and (root / name / STATE_FILE).is_file():
+            return root / name
+        if which is not None:
+            raise UserError(f"{path}: {run_dir} has no best checkpoint (it trained without train.best_metric, or the "
+                            f"checkpoint best.json names is gone); use {head}:last or a step")
+        choice = "last"
+    if choice == "last":
         found = newest(root)
-        if found is not None:
-            return found
-    raise NoCheckpoint(f"no complete checkpoint found at {p}")
+        if found is None:
+            raise NoCheckpoint(f"no complete checkpoint found at {p}")
+        return found
+    steps = {s: d for s, d in list_checkpoints(root)}
+    if not choice.isdigit() or int(choice) not in steps:
+        raise UserError(f"{path}: :{choice} is not best, last or a saved step of {run_dir} "
+                        f"(steps: {', '.join(map(str, sorted(steps))) or 'none'})")
+    return steps[int(choice)]
 
 
 # ---- FSDP checkpoints (written by trainhub.training.fsdp) ---------------------------------------------------

@@ -23,13 +23,12 @@ import torch
 from torch import nn
 
 from trainhub.config import RunConfig
-from trainhub.errors import TrainingStopped, UserError
+from trainhub.errors import UserError
 from trainhub.kit.media import MediaWriter
 from trainhub.observe.watch import LossWatch
 from trainhub.plugins import Plugins
-from trainhub.recipe import EvalContext, ForeignResume, OptimizerSpec, Recipe, StepContext
-from trainhub.training import autobatch, flops, optim, signals
-from trainhub.training import checkpoint as ckpt
+from trainhub.recipe import EvalContext, OptimizerSpec, Recipe, StepContext
+from trainhub.training import autobatch, flops, optim, signals, state
 from trainhub.training import distributed as dist
 from trainhub.training.data import build_loader, sample_seed
 from trainhub.training.devices import amp_dtype, autocast, checkpoint_blocks, select_precision, to_device
@@ -38,7 +37,6 @@ from trainhub.training.fsdp import FSDPStrategy
 from trainhub.training.guard import NonFiniteGuard
 from trainhub.training.phases import DataPhases
 from trainhub.training.stepmetrics import StepMetrics
-from trainhub.training.storage import DiskError
 from trainhub.training.strategy import Strategy
 
 
@@ -242,10 +240,11 @@ class Trainer:
                 self.between_steps = False
                 self.batch_in_epoch += accum
                 self._seed_host_rngs()
-                with flops.counting(self.flops_per_sample is None and tc.measure_flops and not tc.compile) as counter:
-                    logs = self._optimizer_step(micro)
-                if counter is not None:  # the first step, counted as it ran: no copy of the models, no extra step
-                    self.flops_per_sample = counter.get_total_flops() / max(1, sum(_batch_len(b) for b in micro))
+                # FLOPs: the run's first step, counted as it runs (a resumed run reads the count from its checkpoint)
+                counter = flops.StepFlops() if self.step == 0 and tc.measure_flops and not tc.compile else None
+                logs = self._optimizer_step(micro, counter)
+                if counter is not None:  # the first step, counted as it ran
+                    self.flops_per_sample = counter.total / max(1, sum(_batch_len(b) for b in micro))
                 self.step += 1
                 self.between_steps = True
                 self.run.step, self.run.epoch, self.run.step_losses = self.step, self.epoch, logs
@@ -281,7 +280,7 @@ class Trainer:
                 if self.is_main and path is not None:
                     print(f"trainhub: interrupted; checkpoint saved to {path}", flush=True)
         except BaseException as exc:
-            saved = self._save_before_failing(exc)
+            saved = state.save_before_failing(self, exc)
             try:
                 self.call_hook("trainhub_run_end", run=self.run, status="failed")
             except Exception as end_exc:  # the failure that ended the run is the one to report
@@ -296,7 +295,7 @@ class Trainer:
         self.call_hook("trainhub_run_end", run=self.run, status=status)
         return status
 
-    def _optimizer_step(self, micro: list[Any]) -> dict[str, torch.Tensor]:
+    def _optimizer_step(self, micro: list[Any], counter: Optional[flops.StepFlops] = None) -> dict[str, torch.Tensor]:
         """One optimizer step per optimizer phase (a GAN: discriminator, then generator) over the micro-batches:
         forward under autocast, scaled backward (no DDP sync but on the last), unscale, clip, a finite check (one
         host sync), step, schedule; then EMA. Returns the detached loss terms, averaged over the micro-batches."""
@@ -312,7 +311,8 @@ class Trainer:
             skipped = False
             for k, batch in enumerate(micro):
                 ctx = StepContext(self.models, oname, self.step, self.epoch, k, self.device, self.config, caches[k])
-                with self._no_sync() if k < accum - 1 else contextlib.nullcontext():
+                with self._no_sync() if k < accum - 1 else contextlib.nullcontext(), \
+                        counter.measure() if counter is not None else contextlib.nullcontext():
                     with self.autocast():
                         out = self.recipe.train_step(batch, ctx)
                     loss = out.get("loss") if isinstance(out, dict) else None
@@ -423,141 +423,18 @@ class Trainer:
             self.best = v
             self.save(is_best=True)
 
-    # ---- state -----------------------------------------------------------------------------------
+    # ---- checkpoints (trainhub.training.state) ------------------------------------------------------------
     def training_state(self) -> dict[str, Any]:
-        return {
-            "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "world_size": self.world,
-            "batch_size": self.batch_size, "gradient_accumulation_steps": self.accum,
-            **self.nonfinite.state(), "best": self.best, "best_name": self.best_name,
-            "best_metric": self.tc.best_metric, "last_eval": self.last_eval, "recipe": self.recipe.name,
-            "run_id": getattr(self.run, "run_id", None), "time": time.time(),
-        }
-
-    def load(self, directory: Path) -> None:
-        """Resume exactly from a checkpoint of this run (or one like it: same world size, batch and accumulation)."""
-        state = ckpt.read_state(directory)
-        ckpt.check_recipe(directory, self.recipe.name, f"resume it with trainhub run {{recipe}} --resume {directory}")
-        self._apply_phase(state["epoch"])  # a resumed run knows which data phase it is in
-        for key, now in (("world_size", self.world), ("batch_size", self.batch_size),
-                         ("gradient_accumulation_steps", self.accum)):
-            if key in state and state[key] != now:
-                raise UserError(
-                    f"cannot resume {directory} exactly: it was saved with {key}={state[key]}, this run has {now}; "
-                    f"resume with the same {key} (start a new run with the checkpoint as init weights otherwise)"
-                )
-        ckpt.load_models(directory, self.strategy.whole({n: m for n, m in self.raw_models.items() if n not in self.frozen}))
-        for name, ema in self.strategy.whole(self.emas).items():
-            saved = ckpt.load_ema(directory, name)
-            if saved is not None:
-                ema.load_state_dict({k: v.to(self.device) for k, v in saved.items()})
-            else:  # saved with EMA off: start it from the loaded weights, not from the fresh ones
-                ema.copy_from(self.raw_models[name])
-                if self.is_main:
-                    print(f"trainhub: {directory} has no EMA of {name!r}; its EMA starts from the loaded weights", flush=True)
-        opt = ckpt.load_optim_state(directory)
-        self.strategy.load_parts(directory, self.raw_models, self.emas, self.optimizers, opt["optimizers"])
-        for n, s in self.schedulers.items():
-            s.load_state_dict(opt["schedulers"][n])
-        if self.scaler is not None and opt.get("scaler"):
-            self.scaler.load_state_dict(opt["scaler"])
-        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
-        self.nonfinite.load(state)
-        self.best, self.best_name = state.get("best"), state.get("best_name")
-        self.last_eval = state.get("last_eval") or {}
-        if not ckpt.load_rng(directory, self.rank):
-            raise ckpt.damaged(directory / f"rng_state_rank{self.rank}.safetensors",
-                               "missing (the random streams of an exact resume are in it)")
-
-    def load_foreign(self, path: str) -> None:
-        """Continue from another implementation's checkpoint (weights, optimizer, step; RNG and data
-        position are not restored, so this resume is not bit-exact)."""
-        got = self.recipe.load_foreign(path, self.raw_models, self.optimizers)
-        if got is None:
-            raise UserError(f"--resume {path}: neither a trainhub checkpoint/run directory nor a checkpoint recipe "
-                            f"{self.recipe.name!r} can read")
-        foreign = got if isinstance(got, ForeignResume) else ForeignResume(int(got))
-        self.step = int(foreign.step)
-        self.epoch, rest = divmod(self.step, self.steps_per_epoch)
-        self.batch_in_epoch = rest * self.accum
-        for s in self.schedulers.values():
-            s.last_epoch = self.step - 1
-            with warnings.catch_warnings():  # fast-forwarding before any optimizer.step() is intended here
-                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
-                s.step()
-        for name, ema in self.emas.items():
-            if name in foreign.ema:
-                ema.load_state_dict({k: v.to(self.device) for k, v in foreign.ema[name].items()})
-            else:
-                ema.copy_from(self.raw_models[name])
-        if self.is_main:
-            what = f" ({', '.join(foreign.restored)})" if foreign.restored else ""
-            restarted = [n for n in self.emas if n not in foreign.ema]
-            ema_note = f"; EMA of {', '.join(restarted)} restarted from the loaded weights" if restarted else ""
-            print(f"trainhub: continuing from {path} at step {self.step}{what}{ema_note}", flush=True)
+        return state.training_state(self)
 
     def save(self, name: Optional[str] = None, is_best: bool = False) -> Optional[Path]:
-        """Write checkpoint ``name`` (default ``checkpoint-<step>``) atomically; a second signal waits for it."""
-        if self.dry_run or self.run_dir is None:
-            return None
-        self.signals.saving = True
-        try:
-            return self._save(name or f"checkpoint-{self.step}", is_best)
-        finally:
-            self.signals.saving = False
+        return state.save(self, name, is_best)
 
-    def _save(self, name: str, is_best: bool) -> Optional[Path]:
-        self.saved_step = self.step
-        root = self.run_dir / "checkpoints"
-        models = {n: m for n, m in self.raw_models.items() if n not in self.frozen}
-        bad = ckpt.nonfinite(ckpt.state_groups(models, self.emas, self.optimizers))
-        if self.strategy.anywhere(bool(bad)) and not bad:
-            bad = {"a shard on another rank": "?"}
-        self.nonfinite.check_state(bad, name, self.step, self.run_dir)  # never write non-finite state
-        with ckpt.writing(root, name):  # a full or read-only disk: one line, and no .tmp left behind
-            if self.is_main:
-                ckpt.begin(root, name)
-            dist.barrier()
-            tmp = ckpt.tmp_dir(root, name)
-            ckpt.save_rng(tmp, self.rank)
-            self.strategy.save_parts(tmp, self.raw_models, self.emas, self.optimizers)
-            dist.barrier()
-            path = None
-            if self.is_main:
-                optim_state = {"optimizers": self.strategy.optimizer_states(self.optimizers),
-                               "schedulers": {n: s.state_dict() for n, s in self.schedulers.items()},
-                               "scaler": self.scaler.state_dict() if self.scaler is not None else {}}
-                models = self.strategy.whole({n: m for n, m in self.raw_models.items() if n not in self.frozen})
-                ckpt.save_main(tmp, models, self.strategy.whole(self.emas), optim_state, self.training_state())
-                path = ckpt.commit(root, name)
-        if self.is_main:
-            if is_best:
-                self.best_name = name
-                ckpt.write_json_atomic(self.run_dir / "best.json", {"checkpoint": name, "step": self.step,
-                                                                    "metric": self.tc.best_metric, "value": self.best})
-            # never prune the newest checkpoint known good: the one just written is not known good yet
-            protect = {p.name for p in (ckpt.newest_before(root, self.nonfinite.good_bound(self.step)),) if p is not None}
-            ckpt.prune(root, self.tc.keep_last, protect | ({self.best_name} if self.best_name else set()))
-            self.last_checkpoint = path
-            self.call_hook("trainhub_checkpoint_saved", run=self.run, step=self.step, path=str(path), is_best=is_best)
-        dist.barrier()
-        return path
+    def load(self, directory: Path) -> None:
+        state.load(self, directory)
 
-    def _save_before_failing(self, exc: BaseException) -> Optional[str]:
-        """A plugin that failed, or data that could not be read, ends the run between two steps, where the
-        training state is whole: save it first so no step is lost, and say where it is (one process only: in a
-        job of several, the failing rank stops alone and the others cannot join a save)."""
-        if not (isinstance(exc, UserError) and not isinstance(exc, (TrainingStopped, DiskError)) and self.between_steps
-                and self.world == 1 and not self.dry_run and self.run_dir is not None):
-            return None
-        if self.step == self.first_step:
-            return None  # nothing trained yet in this run
-        if self.saved_step == self.step:
-            return f"{self.last_checkpoint} holds step {self.step}; resume with --resume auto" if self.last_checkpoint else None
-        try:
-            path = self.save()
-        except Exception as save_exc:  # non-finite state, a full disk: say so, and report the first failure
-            return f"no checkpoint could be saved ({' '.join(str(save_exc).split())[:200]})"
-        return f"saved {path} first; resume with --resume auto"
+    def load_foreign(self, path: str) -> None:
+        state.load_foreign(self, path)
 
 
 def _batch_len(batch: Any) -> int:
