@@ -53,3 +53,42 @@ def test_trainhub_doctor_prints_the_memory_diagnosis(tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"dataset  {tmp_path}: 1 files, 2.00 KiB" in out and "recommended loader.num_workers=" in out
     assert "2 workers x ~" in out
+
+
+def test_training_on_the_cpu_gives_the_step_the_cores(monkeypatch):
+    """A 2-core machine loads in-process and runs the step on both cores; 16 cores keep 4 workers and 12 threads; a
+    GPU run keeps one core per process for the step and gives the rest to workers."""
+    import torch
+
+    from trainhub.training import data
+    from trainhub.training.devices import set_cpu_threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    before = torch.get_num_threads()
+    try:
+        for cpus, procs, cpu_workers, threads, gpu_workers in ((2, 1, 0, 2, 1), (16, 1, 4, 12, 8), (16, 2, 2, 6, 7), (1, 1, 0, 1, 0)):
+            monkeypatch.setattr(data, "cpu_count", lambda cpus=cpus: cpus)
+            assert data.auto_workers(procs, cpu_training=True) == cpu_workers
+            assert data.auto_workers(procs) == gpu_workers
+            assert set_cpu_threads("auto", "auto", procs) == threads == torch.get_num_threads()
+        assert set_cpu_threads("auto", 1, 1) == 1  # 1 core left beside an explicit worker
+        assert set_cpu_threads(3, "auto", 1) == 3
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        torch.set_num_threads(1)
+        assert set_cpu_threads("auto", "auto", 1) == 1  # the user's OMP_NUM_THREADS stays
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_a_run_on_an_oversubscribed_cpu_says_so(tmp_path, monkeypatch):
+    import json
+    import os
+
+    from trainhub.training.run import train
+
+    monkeypatch.setattr(os, "getloadavg", lambda: (37.0, 30.0, 20.0))
+    train("tiny", overrides=["loader.num_workers=0", "loggers.console.progress_bar=false", "train.max_steps=1"],
+          run_dir=tmp_path / "r")
+    warnings = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines() if '"warning"' in x]
+    assert [w["warning"] for w in warnings] == ["cpu"] and warnings[0]["load_average"] == 37.0
+    assert warnings[0]["message"].startswith("load average 37.0 on ") and "trainhub doctor" in warnings[0]["message"]

@@ -137,7 +137,7 @@ def test_a_watching_plugin_warns_through_the_run(tmp_path, quiet, trainhub_regis
     trainhub_register(Watch(), "watch")
     res = train("tiny", overrides=quiet + ["train.max_steps=4"], run_dir=tmp_path / "r")
     records = [json.loads(line) for line in (res.run_dir / "metrics.jsonl").read_text().splitlines()]
-    warnings = [r for r in records if r["kind"] == "warning"]
+    warnings = [r for r in records if r["kind"] == "warning" and r["warning"] != "cpu"]  # cpu: a loaded test machine
     assert [(w["warning"], w["step"], w["message"], w["value"]) for w in warnings] == [("my_watch", 3, "step 3 looks odd", 1.5)]
 
 

@@ -31,7 +31,7 @@ class Watched(TinyRecipe):
 def test_trainer_reports_excursions_to_metrics_jsonl(tmp_path, quiet):
     train(Watched(), overrides=quiet + ["train.max_steps=10", "train.log_every=2"], run_dir=tmp_path / "r")
     lines = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
-    warns = [x for x in lines if x["kind"] == "warning"]
+    warns = [x for x in lines if x["kind"] == "warning" and x["warning"] != "cpu"]  # cpu: a loaded test machine
     assert len(warns) == 1 and warns[0]["warning"] == "loss_range" and warns[0]["term"] == "loss"
     assert "outside [None, 1e-06] during impossible" in warns[0]["message"]
 
@@ -43,7 +43,8 @@ def test_small_shm_reduces_workers_with_one_warning(tmp_path, quiet, monkeypatch
                 ["loader.num_workers=4", "loader.prefetch_factor=2", "train.batch_size=64", "train.max_steps=3"],
                 run_dir=tmp_path / "r")
     assert res.status == "completed"
-    warns = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines() if '"warning"' in x]
+    warns = [w for w in (json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines() if '"warning"' in x)
+             if w["warning"] != "cpu"]  # cpu: a loaded test machine
     assert len(warns) == 1 and warns[0]["warning"] == "shm" and warns[0]["workers_used"] == 2
     assert "using 2 workers" in warns[0]["message"]
 

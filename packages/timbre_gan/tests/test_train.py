@@ -68,7 +68,7 @@ def test_metrics_show_the_switch_the_warmup_and_a_discriminator_warning(full_run
     # gan.warmup_epochs=2 -> 4 warm-up steps; the discriminator's warm-up starts with its first step
     assert [round(by_step[s]["lr_g"] / 2e-4, 4) for s in (1, 2, 3, 4, 5)] == [0.5, 0.75, 1.0, 1.0, 1.0]
     assert [round(by_step[s]["lr_d"] / 2e-4, 4) for s in (1, 4, 5, 6)] == [0.25, 0.25, 0.5, 0.75]
-    warnings = read_metrics_file(full_run.run_dir, "warning")
+    warnings = [w for w in read_metrics_file(full_run.run_dir, "warning") if w["warning"] != "cpu"]  # cpu: a loaded test machine
     assert [w["warning"] for w in warnings] == ["discriminator_explode"] and warnings[0]["step"] == 5
 
 

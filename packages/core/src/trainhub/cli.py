@@ -329,9 +329,11 @@ def cmd_sample(args: argparse.Namespace, rest: list[str]) -> int:
     recipe.add_sample_arguments(p)
     sargs = p.parse_args(rest[1:])
     recipe, config, models, path = _load_for_inference("sample", recipe_name, sargs.checkpoint, not sargs.no_ema, [])
-    from trainhub.training.devices import select_device
+    from trainhub.training.devices import select_device, set_cpu_threads
 
     device = select_device(sargs.device)
+    if device.type == "cpu":
+        set_cpu_threads(config.train.cpu_threads, 0, 1)
     models = {k: m.to(device).eval() for k, m in models.items()}
     sargs.device = device
     run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
@@ -361,31 +363,29 @@ def cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
     args, overrides = p.parse_known_args(rest)
     args.overrides = overrides
 
+    from trainhub.kit.media import MediaWriter
+    from trainhub.loggers.console import console_progress
+    from trainhub.recipe import EvalContext
     from trainhub.training import checkpoint as ckpt
     from trainhub.training.data import build_loader
-    from trainhub.kit.media import MediaWriter
-    from trainhub.recipe import EvalContext
-    from trainhub.training.devices import select_device, select_precision
+    from trainhub.training.devices import amp_dtype, autocast, select_device, select_precision, set_cpu_threads
 
     recipe, config, models, path = _load_for_inference("eval", args.recipe, args.checkpoint, not args.no_ema, args.overrides)
     device = select_device(config.train.device)
+    if device.type == "cpu":
+        set_cpu_threads(config.train.cpu_threads, config.loader.num_workers, 1)
     models = {k: m.to(device).eval() for k, m in models.items()}
     _, val = recipe.build_data(config)
     if val is None or len(val) == 0:
         raise UserError(f"recipe {args.recipe!r} has no validation data with this config")
     loader, _ = build_loader(val, config.train.batch_size, config.loader.model_copy(update={"persistent_workers": False}),
-                             config.train.seed, 0, 1, False, recipe.collate_fn(config), shuffle=False, drop_last=False)
-    precision = select_precision(config.train.precision, device)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-
-    def autocast() -> Any:
-        import contextlib
-
-        return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
-
+                             config.train.seed, 0, 1, False, recipe.collate_fn(config), shuffle=False, drop_last=False,
+                             cpu_training=device.type == "cpu")
+    dtype = amp_dtype(select_precision(config.train.precision, device))
     step = ckpt.read_state(path)["step"]
     out_root = path.parent.parent / "samples" / "eval" if path.parent.name == "checkpoints" else path / "eval"
-    ctx = EvalContext(models, loader, device, config, step, path, True, autocast, MediaWriter(out_root, step))
+    ctx = EvalContext(models, console_progress(loader, "eval", len(loader)), device, config, step, path, True,
+                      lambda: autocast(device, dtype), MediaWriter(out_root, step), console_progress)
     torch.manual_seed(config.train.seed)
     with torch.no_grad():
         metrics = recipe.evaluate(ctx)

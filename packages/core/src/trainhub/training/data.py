@@ -115,13 +115,27 @@ class ResumableSampler(Sampler):
             yield (self.epoch, i)
 
 
-def auto_workers(local_world_size: int = 1) -> int:
-    """``max(0, cpus // local_world_size - 1)``, capped at 8: leaves one core per process for the step."""
+def cpu_count() -> int:
+    """CPUs this process may run on (its affinity mask, which containers and taskset narrow)."""
     try:
-        cpus = len(os.sched_getaffinity(0))
+        return len(os.sched_getaffinity(0))
     except AttributeError:  # macOS
-        cpus = os.cpu_count() or 1
-    return max(0, min(8, cpus // max(1, local_world_size) - 1))
+        return os.cpu_count() or 1
+
+
+def auto_workers(local_world_size: int = 1, cpu_training: bool = False) -> int:
+    """``loader.num_workers: auto``. With a GPU: ``cpus // processes - 1``, at most 8 (one core per process runs the
+    step). Training on the CPU, the step wants the cores too: no worker up to 2 cores per process (loading in-process
+    beats a worker fighting the step for one of two cores), else a quarter of them, at most 8."""
+    per_process = cpu_count() // max(1, local_world_size)
+    if cpu_training:
+        return 0 if per_process <= 2 else min(8, per_process // 4)
+    return max(0, min(8, per_process - 1))
+
+
+def cpu_threads(local_world_size: int, workers: int) -> int:
+    """Intra-op threads for training on the CPU: this process's share of the cores less its loader workers."""
+    return max(1, cpu_count() // max(1, local_world_size) - workers)
 
 
 def worker_init(worker_id: int) -> None:
@@ -173,6 +187,7 @@ def build_loader(
     drop_last: Optional[bool] = None,
     warn: Optional[Callable[[str, dict[str, Any]], None]] = None,
     sampler: Optional[ResumableSampler] = None,
+    cpu_training: bool = False,
 ) -> tuple[DataLoader, ResumableSampler]:
     """A DataLoader over :class:`SeededDataset` with ``sampler`` (default: a plain :class:`ResumableSampler`).
 
@@ -185,7 +200,7 @@ def build_loader(
     if sampler is None:
         sampler = ResumableSampler(len(dataset), shuffle, seed, rank, world, drop_last)  # type: ignore[arg-type]
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    workers = auto_workers(local_world) if cfg.num_workers == "auto" else int(cfg.num_workers)
+    workers = auto_workers(local_world, cpu_training) if cfg.num_workers == "auto" else int(cfg.num_workers)
     seeded = SeededDataset(dataset, seed)
     if workers > 0:
         n = min(batch_size, len(dataset))  # type: ignore[arg-type]

@@ -174,7 +174,7 @@ def _train(recipe: str | Recipe, config_file: Optional[str | Path], overrides: O
             saved_config = rd / "config.yaml"
     config = resolve_config(rec, plugins, config_file or saved_config, overrides)
 
-    from trainhub.training.devices import select_device
+    from trainhub.training.devices import select_device, set_cpu_threads
     from trainhub.training.trainer import Trainer
 
     device = select_device(config.train.device)
@@ -188,6 +188,8 @@ def _train(recipe: str | Recipe, config_file: Optional[str | Path], overrides: O
         torch.use_deterministic_algorithms(True, warn_only=True)
     dist.init(device)
     is_main = dist.is_main()
+    if device.type == "cpu":
+        set_cpu_threads(config.train.cpu_threads, config.loader.num_workers, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
     load_from, run_dir = _find_resume(resume, run_dir, config, rec)
     if load_from is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import random
 import time
 import warnings
@@ -25,12 +26,13 @@ from torch import nn
 from trainhub.config import RunConfig
 from trainhub.errors import UserError
 from trainhub.kit.media import MediaWriter
+from trainhub.loggers.console import console_progress
 from trainhub.observe.watch import LossWatch
 from trainhub.plugins import Plugins
-from trainhub.recipe import EvalContext, OptimizerSpec, Recipe, StepContext
+from trainhub.recipe import EvalContext, OptimizerSpec, Recipe, StepContext, no_progress
 from trainhub.training import autobatch, flops, optim, signals, state
 from trainhub.training import distributed as dist
-from trainhub.training.data import build_loader, sample_seed
+from trainhub.training.data import build_loader, cpu_count, sample_seed
 from trainhub.training.devices import amp_dtype, autocast, checkpoint_blocks, select_precision, to_device
 from trainhub.training.ema import EMA
 from trainhub.training.fsdp import FSDPStrategy
@@ -95,13 +97,17 @@ class Trainer:
         self.batch_size = self.phases.batch_size(self.phase, self.base_batch_size)
         self._seed_training()
         self.pin = (self.device.type == "cuda") if cfg.loader.pin_memory is None else cfg.loader.pin_memory
-        self.shm_warnings: list[tuple[str, dict[str, Any]]] = []  # reported through the hook once the run starts
-        self._build_train_loader(train_ds, warn=lambda m, d: self.shm_warnings.append((m, d)))
+        self.start_warnings: list[tuple[str, str, dict[str, Any]]] = []  # reported through the hook once the run starts
+        self._build_train_loader(train_ds, warn=lambda m, d: self.start_warnings.append(("shm", m, d)))
+        if self.device.type == "cpu" and (load := os.getloadavg()[0]) > cpu_count() + 0.5:
+            self.start_warnings.append(("cpu", f"load average {load:.1f} on {cpu_count()} CPUs: other processes compete for "
+                                        f"the cores, so steps run slower and unevenly (trainhub doctor shows it)",
+                                        {"load_average": load, "cpus": cpu_count(), "threads": torch.get_num_threads()}))
         self.val_loader = None
         if val_ds is not None and len(val_ds) > 0:  # type: ignore[arg-type]
             vcfg = cfg.loader.model_copy(update={"persistent_workers": False})
             self.val_loader, _ = build_loader(val_ds, self.batch_size, vcfg, tc.seed, self.rank, self.world, self.pin,
-                                              self.collate, shuffle=False, drop_last=False)
+                                              self.collate, shuffle=False, drop_last=False, cpu_training=self.device.type == "cpu")
             self.val_loader.generator = torch.Generator().manual_seed(tc.seed)
         if tc.epochs:  # phases may change the batch size: add up each epoch's steps
             n = len(train_ds)  # type: ignore[arg-type]
@@ -149,7 +155,7 @@ class Trainer:
     def _build_train_loader(self, train_ds: Any, warn: Callable[[str, dict[str, Any]], None]) -> None:
         self.sampler = optim.build_sampler(self.plugins, train_ds, self.config.loader, self.tc.seed, self.rank, self.world)
         self.loader, _ = build_loader(train_ds, self.batch_size, self.config.loader, self.tc.seed, self.rank, self.world,
-                                      self.pin, self.collate, warn=warn, sampler=self.sampler)
+                                      self.pin, self.collate, warn=warn, sampler=self.sampler, cpu_training=self.device.type == "cpu")
         self.loader.generator = torch.Generator().manual_seed(self.tc.seed)  # keep the global RNG out of loader start-up
         self.steps_per_epoch = self._steps_per_epoch(self.batch_size, len(train_ds))
 
@@ -214,8 +220,8 @@ class Trainer:
         window: dict[str, torch.Tensor] = {}  # loss terms summed since the last logging step (no host sync per step)
         win_steps, win_time, win_data = 0, 0.0, 0.0
         self.call_hook("trainhub_run_start", run=self.run)
-        for message, data in self.shm_warnings:
-            self.warn("shm", message, data)
+        for kind, message, data in self.start_warnings:
+            self.warn(kind, message, data)
         t_last = time.perf_counter()
         try:
             while self.step < self.max_steps:
@@ -396,7 +402,11 @@ class Trainer:
         for m in models.values():
             m.eval()
         media = MediaWriter(self.run_dir / "samples" if self.run_dir else None, self.step, enabled=self.is_main and not self.dry_run)
-        ctx = EvalContext(models, self.val_loader, self.device, self.config, self.step, self.run_dir, self.is_main, self.autocast, media)
+        console = getattr(getattr(self.config, "loggers", None), "console", None)
+        progress = console_progress if self.is_main and console is not None and console.enabled and console.progress_bar else no_progress
+        data = progress(self.val_loader, "eval", len(self.val_loader)) if self.val_loader is not None else None
+        ctx = EvalContext(models, data, self.device, self.config, self.step, self.run_dir, self.is_main, self.autocast, media, progress)
+        t0 = time.perf_counter()
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices), torch.no_grad():  # eval never disturbs the training RNG
             torch.manual_seed(self.tc.seed + 7919 * self.rank)  # (random and numpy restart at every step anyway)
@@ -405,6 +415,7 @@ class Trainer:
             m.train(was_training[n])
         self.strategy.after_eval(self.raw_models)
         metrics = dist.all_reduce_mean({k: float(v) for k, v in metrics.items()}, self.device)
+        metrics["eval_time"] = time.perf_counter() - t0
         self.last_eval = metrics
         if self.is_main:
             self.call_hook("trainhub_eval_end", run=self.run, step=self.step, metrics=metrics, media=media.items)
