@@ -10,7 +10,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 
 from harness import timed_train  # noqa: E402
-
 from trainhub import hookimpl  # noqa: E402
 from trainhub.plugins import get_plugins  # noqa: E402
 

@@ -28,12 +28,12 @@ from typing import Any, Optional
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from harness import StepClock, timed_train
 from trainhub import hookimpl
 from trainhub.recipe import StepContext
 from trainhub.resolve import resolve_config
-from trainhub.training.flops import count_flops, device_peak, measured_matmul_peak, mfu
-from harness import StepClock, timed_train
 from trainhub.training.devices import to_device
+from trainhub.training.flops import count_flops, device_peak, measured_matmul_peak, mfu
 from trainhub_dit.recipe import DiTRecipe
 
 VIRTUAL_LEN = 1_000_000  # no epoch boundary inside the timed window
@@ -97,9 +97,7 @@ def flops_per_image(recipe: DiTRecipe, config: Any, device: torch.device, batch:
     s = config.model.input_size
     x, y = torch.randn(batch, 4, s, s, device=device), torch.randint(0, 1000, (batch,), device=device)
     t = torch.randint(0, 1000, (batch,), device=device)
-    flops = count_flops(lambda: recipe.diffusion(config).training_losses(net, x, t, y)["loss"].mean().backward())
-    del net
-    return flops / batch
+    return count_flops(lambda: recipe.diffusion(config).training_losses(net, x, t, y)["loss"].mean().backward()) / batch
 
 
 def plain_loop(recipe: DiTRecipe, config: Any, device: torch.device, steps: int, warmup: int) -> tuple[list[float], float, float]:

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
+from harness import StepClock
 from trainhub.plugins import get_plugins
 from trainhub.training.run import train
-from harness import StepClock
 
 
 def run(enabled: bool, args: argparse.Namespace, device: torch.device) -> tuple[list[float], list[float], list[float]]:

@@ -21,12 +21,12 @@ from typing import Any
 
 import torch
 
+from harness import StepClock, timed_train
 from trainhub.plugins import get_plugins
 from trainhub.recipe import StepContext
 from trainhub.resolve import resolve_config
-from trainhub.training.flops import device_peak, mfu
-from harness import StepClock, timed_train
 from trainhub.training.devices import to_device
+from trainhub.training.flops import device_peak, mfu
 
 MARK_BEGIN, MARK_END = "<!-- bench_recipes:begin -->", "<!-- bench_recipes:end -->"
 

@@ -29,12 +29,12 @@ from typing import Any, Optional
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from harness import StepClock, timed_train
 from trainhub import hookimpl
 from trainhub.recipe import StepContext
 from trainhub.resolve import resolve_config
-from trainhub.training.flops import count_flops, device_peak, measured_matmul_peak, mfu
-from harness import StepClock, timed_train
 from trainhub.training.devices import to_device
+from trainhub.training.flops import count_flops, device_peak, measured_matmul_peak, mfu
 from trainhub_sr3.data import EmbeddedPhotos
 from trainhub_sr3.diffusion import training_loss
 from trainhub_sr3.recipe import SR3Recipe, build_unet, schedules
@@ -99,9 +99,7 @@ def flops_per_image(config: Any, device: torch.device, batch: int) -> float:
     hr = torch.randn(batch, 3, d.r_resolution, d.r_resolution, device=device)
     sched, _ = schedules(config.model)
     m = config.model
-    flops = count_flops(lambda: training_loss(net, hr, hr, sched, m.loss, m.residual, m.prediction).backward())
-    del net
-    return flops / batch
+    return count_flops(lambda: training_loss(net, hr, hr, sched, m.loss, m.residual, m.prediction).backward()) / batch
 
 
 def plain_loop(recipe: SR3Recipe, config: Any, device: torch.device, steps: int, warmup: int) -> tuple[list[float], float, float]:

@@ -22,7 +22,7 @@ def test_run_recipe_help_lists_every_key_with_type_default_and_description(capsy
     for key, typ, default, desc in keys:
         assert any(line.split()[:1] == [key] and desc[:40] in line for line in out.splitlines()), key
     line = next(x for x in out.splitlines() if x.split()[:1] == ["train.schedule"])
-    assert line.split()[1:3] == ["str", "constant"] and "a registered lr schedule" in line
+    assert line.split()[1:3] == ["str", "cosine"] and "a registered lr schedule" in line
     assert next(x for x in out.splitlines() if x.split()[:1] == ["train.precision"]).split()[1:4] == ["one", "of:", "auto,"]
 
 
@@ -38,7 +38,7 @@ def test_every_core_key_has_a_description():
 def test_config_writes_the_defaults_as_commented_yaml_that_reads_back(tmp_path, capsys):
     assert cli_main(["config", "tiny"]) == 0
     text = capsys.readouterr().out
-    assert "train:\n  # optimizer steps (ignored when epochs is set)\n  max_steps: 300\n" in text
+    assert "train:\n  # optimizer steps (ignored when epochs is set)\n  max_steps: 1000\n" in text
     assert "  betas: [0.9, 0.999]\n" in text
     (tmp_path / "cfg.yaml").write_text(text)
     plugins = get_plugins()

@@ -116,7 +116,7 @@ def test_cli_config_prints_defaults_and_schema(tmp_path):
     r = _cli("config", "tiny")
     assert r.returncode == 0
     data = yaml.safe_load(r.stdout)
-    assert data["train"]["lr"] == 3e-3 and data["loggers"]["jsonl"]["enabled"] is True
+    assert data["train"]["lr"] == 1e-2 and data["loggers"]["jsonl"]["enabled"] is True
     f = tmp_path / "c.yaml"
     f.write_text(r.stdout)
     assert C.resolve(TinyConfig.__mro__[0], None) is not None

@@ -14,10 +14,10 @@ import os
 import pytest
 from safetensors import SafetensorError
 
-from trainhub.training import checkpoint as ckpt
-from trainhub.training import rundir
 from trainhub.builtin.tiny import TinyRecipe
 from trainhub.cli import main
+from trainhub.training import checkpoint as ckpt
+from trainhub.training import rundir
 
 Q = ["loader.num_workers=0", "loggers.console.progress_bar=false"]
 

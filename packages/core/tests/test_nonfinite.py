@@ -8,9 +8,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from trainhub.training import checkpoint as ckpt
 from trainhub import hookimpl
 from trainhub.errors import TrainingStopped
+from trainhub.training import checkpoint as ckpt
 from trainhub.training.run import train
 
 

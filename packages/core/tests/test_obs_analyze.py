@@ -6,12 +6,12 @@ import json
 
 import pytest
 
-from trainhub.observe import analyze
 from trainhub.builtin.tiny import TinyRecipe
 from trainhub.cli import main as cli_main
 from trainhub.errors import UserError
-from trainhub.training.run import train
+from trainhub.observe import analyze
 from trainhub.observe.watch import LossRange
+from trainhub.training.run import train
 
 
 class Watched(TinyRecipe):

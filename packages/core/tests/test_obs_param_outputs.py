@@ -11,8 +11,8 @@ from safetensors.torch import load_file
 from torch import nn
 
 from trainhub import hookimpl
-from trainhub.observe import param_outputs
 from trainhub.builtin.tiny import TinyRecipe
+from trainhub.observe import param_outputs
 from trainhub.training.run import train
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainhub.observe import doctor, system
 from trainhub.cli import main as cli_main
 from trainhub.errors import UserError
+from trainhub.observe import doctor, system
 
 
 def test_system_metrics_on_cpu():

@@ -93,8 +93,8 @@ def test_stop_mode_fails_the_run_naming_the_plugin_and_tells_the_others(tmp_path
 
 
 def test_a_failing_hook_is_one_line_and_the_run_saves_first(tmp_path, capsys, trainhub_register):
-    from trainhub.training import checkpoint as ckpt
     from trainhub.cli import main
+    from trainhub.training import checkpoint as ckpt
 
     class Bad:
         @hookimpl

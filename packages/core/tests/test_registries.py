@@ -19,7 +19,8 @@ from trainhub.training.data import ResumableSampler
 from trainhub.training.run import train
 
 FAST = ["loader.num_workers=0", "loggers.console.progress_bar=false", "train.log_every=1", "train.eval_every=0",
-        "train.eval_at_end=false", "train.best_metric=null", "data.num_samples=256", "train.batch_size=16"]
+        "train.eval_at_end=false", "train.best_metric=null", "data.num_samples=256", "train.batch_size=16",
+        "train.schedule=constant", "train.warmup_steps=0"]
 
 
 class SignSGD(torch.optim.Optimizer):

@@ -12,13 +12,13 @@ import time
 
 import pytest
 
-from trainhub.training import checkpoint as ckpt
 from trainhub import config as C
 from trainhub import hookimpl
 from trainhub.builtin.tiny import TinyRecipe
 from trainhub.errors import UserError
-from trainhub.training.run import train
 from trainhub.testing import read_metrics_file
+from trainhub.training import checkpoint as ckpt
+from trainhub.training.run import train
 
 
 def _files(run_dir):

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from trainhub import cli, plugins
-from trainhub.kit import scaffold
 from trainhub.errors import UserError
+from trainhub.kit import scaffold
 
 NAME = "scaffold_demo"
 
@@ -95,4 +95,4 @@ def test_generated_tests_pass_unmodified(installed):
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=pkg, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
-    assert "6 passed" in proc.stdout
+    assert "7 passed" in proc.stdout

@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from trainhub.training import autobatch
 from trainhub.builtin.tiny import TinyRecipe
-from trainhub.training.run import train
+from trainhub.training import autobatch
 from trainhub.training.flops import count_flops, mfu
+from trainhub.training.run import train
 
 
 class MemoryLimited(TinyRecipe):

@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import json
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 from safetensors.torch import load_file
 
+from trainhub.builtin.samplers import GroupedSampler
 from trainhub.builtin.tiny import TinyRecipe
 from trainhub.builtin.tiny_config import TinyConfig
-from trainhub.builtin.samplers import GroupedSampler
 from trainhub.config import DistillConfig
 from trainhub.kit.distill import load_teacher
-from trainhub.training.run import train
 from trainhub.testing import assert_same_weights
+from trainhub.training.run import train
 
 
 class Seen(TinyRecipe):
@@ -112,7 +113,7 @@ def test_frozen_teacher_is_untouched_and_student_checkpoint_is_ordinary(tmp_path
     after = load_file(str(teacher.last_checkpoint / "ema.safetensors"))
     assert all(torch.equal(before[k], after[k]) for k in before)
     # the student checkpoint loads into a plain student model
-    from trainhub.training import checkpoint as ckpt
     from trainhub.builtin.tiny import TinyMLP
+    from trainhub.training import checkpoint as ckpt
 
     ckpt.load_models(student.last_checkpoint, {"model": TinyMLP(8, 16, 2, 0.1)}, ema=True)

@@ -14,9 +14,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from trainhub.training import checkpoint as ckpt
 from trainhub.builtin.tiny import TinyRecipe
 from trainhub.errors import TrainingStopped, UserError
+from trainhub.training import checkpoint as ckpt
 from trainhub.training.run import train
 
 
@@ -178,17 +178,18 @@ def test_dry_run_writes_nothing_and_says_what_it_checked(tmp_path, quiet, capsys
     assert "  data: 2,048 training samples, 256 validation; batch 32 x accumulation 1 x 1 process; 64 steps per epoch, 50 steps" in out
     assert "  batch: x float32[32, 8], y float32[32, 1]" in out
     assert any(line.startswith("  step 1: loss=") and "grad_norm=" in line for line in out)
-    assert "  optimizer 'model': adamw (lr 0.003, weight decay 0); schedule cosine over 50 steps, warmup 0" in out
+    assert "  optimizer 'model': adamw (lr 0.01, weight decay 0); schedule cosine over 50 steps, warmup 20" in out
     assert "  device cpu, precision fp32, one process" in out
     assert out[-1].startswith("  a run would write: runs/tiny/")
 
 
 def test_epochs_and_linear_schedule(tmp_path, quiet):
     res = train("tiny", overrides=quiet + ["data.num_samples=64", "train.batch_size=16", "train.epochs=3",
-                                           "train.schedule=linear", "train.log_every=1"], run_dir=tmp_path / "r")
+                                           "train.schedule=linear", "train.warmup_steps=0", "train.log_every=1"],
+                run_dir=tmp_path / "r")
     assert res.step == 12
     lrs = [json.loads(x)["lr"] for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines() if '"train"' in x]
-    assert lrs[0] == pytest.approx(3e-3 * (1 - 1 / 12)) and lrs[-1] == pytest.approx(0.0)
+    assert lrs[0] == pytest.approx(1e-2 * (1 - 1 / 12)) and lrs[-1] == pytest.approx(0.0)
 
 
 def test_ema_skips_non_persistent_buffers_so_ema_weights_load():

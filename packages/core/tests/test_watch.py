@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from trainhub.training import data as D
 from trainhub.builtin.tiny import TinyRecipe
-from trainhub.training.run import train
 from trainhub.observe.watch import LossRange, LossWatch
+from trainhub.training import data as D
+from trainhub.training.run import train
 
 
 def test_loss_watch_warns_once_per_excursion():

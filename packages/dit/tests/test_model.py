@@ -162,9 +162,9 @@ def test_training_checkpoint_with_namespace_loads_weights_only(tmp_path) -> None
 
 
 def test_other_pickled_objects_are_refused(tmp_path) -> None:
-    from trainhub import UserError
-
     from fractions import Fraction  # any class that is not allow-listed
+
+    from trainhub import UserError
 
     torch.save({"model": {"w": torch.zeros(1)}, "args": Fraction(1, 3)}, tmp_path / "bad.pt")
     with pytest.raises(UserError, match="weights_only=True"):

@@ -11,8 +11,8 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from trainhub.cli import main
-from trainhub.training.run import train
 from trainhub.testing import assert_config_schema, assert_same_weights
+from trainhub.training.run import train
 
 
 def test_config_schema_and_shipped_configs() -> None:

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from trainhub_sr3 import compat
 from trainhub_sr3.diffusion import Schedule, make_betas
-from trainhub_sr3.model import SR3UNet, SelfAttention
+from trainhub_sr3.model import SelfAttention, SR3UNet
 
 SMALL = dict(inner_channel=16, norm_groups=4, channel_multiplier=[1, 2, 2], attn_res=[8], res_blocks=2, image_size=32)
 

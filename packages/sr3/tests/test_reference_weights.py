@@ -133,7 +133,6 @@ def test_import_reference_with_its_json(tmp_path, prepared, capsys):
 
 def test_import_reference_without_a_json_reads_the_weights_and_applies_the_reference_settings(tmp_path, capsys):
     from trainhub.resolve import resolve_config
-
     from trainhub_sr3.model import NoiseLevelEncoding
     from trainhub_sr3.recipe import build_unet
 

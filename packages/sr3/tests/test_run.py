@@ -9,8 +9,8 @@ import sys
 import torch
 from PIL import Image
 
-from trainhub.training.run import train
 from trainhub.testing import assert_same_weights
+from trainhub.training.run import train
 
 
 def test_30_steps_resume_exactly_and_evaluate(tmp_path, tiny, interrupt_and_resume):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from trainhub_timbre_gan.degrade import STAGES, apply_chain, degrade, sample_chain, segment_rng
 from trainhub_timbre_gan.config import DegradeConfig
+from trainhub_timbre_gan.degrade import STAGES, apply_chain, degrade, sample_chain, segment_rng
 from trainhub_timbre_gan.synth import INSTRUMENTS, render_note, synth_piece
 
 SR = 16000

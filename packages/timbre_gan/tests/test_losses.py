@@ -8,8 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from trainhub_timbre_gan.losses import (PWG_RESOLUTIONS, MultiResolutionSTFTLoss, discriminator_loss, feature_matching_loss,
-                                        generator_adversarial_loss, mean_score)
+from trainhub_timbre_gan.losses import (
+    PWG_RESOLUTIONS,
+    MultiResolutionSTFTLoss,
+    discriminator_loss,
+    feature_matching_loss,
+    generator_adversarial_loss,
+    mean_score,
+)
 
 
 def numpy_stft_magnitude(x: np.ndarray, n_fft: int, hop: int, win: int) -> np.ndarray:

@@ -11,9 +11,8 @@ from safetensors.torch import load_file
 from trainhub.cli import main
 from trainhub.plugins import get_plugins
 from trainhub.resolve import resolve_config
-from trainhub.training.run import train
 from trainhub.testing import read_metrics_file
-
+from trainhub.training.run import train
 from trainhub_timbre_gan.recipe import prepared_dir
 
 # 8 train pairs / batch 4 = 2 steps per epoch: epochs 0-1 (steps 1-4) reconstruction only, epoch 2 (steps 5-6) GAN

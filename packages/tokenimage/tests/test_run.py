@@ -12,8 +12,8 @@ from PIL import Image
 
 from trainhub import UserError
 from trainhub.cli import main as cli
-from trainhub.training.run import train
 from trainhub.testing import assert_same_weights
+from trainhub.training.run import train
 from trainhub_tokenimage.codec import TokenCodec
 from trainhub_tokenimage.recipe import render_text
 from trainhub_tokenimage.tokenizer import ByteTokenizer
@@ -99,9 +99,8 @@ def test_chat_run_and_prompted_sample(tmp_path, tiny, capsys):
 
 
 def test_configs_and_flat_script_keys(tmp_path, check_config_schema):
-    from trainhub.plugins import get_plugins
-
     import trainhub_tokenimage
+    from trainhub.plugins import get_plugins
 
     shipped = sorted((Path(trainhub_tokenimage.__file__).parent / "configs").iterdir())
     assert {p.name for p in shipped} >= {"default.yaml", "chat.yaml", "script_style.json"}

@@ -9,8 +9,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainhub_vrt_spike.model import (TMSA, ChunkSpec, FlowEstimator, PixelAttention, VRTSpike, effective_window, flow_warp,
-                                      window_merge, window_partition)
+from trainhub_vrt_spike.model import (
+    TMSA,
+    ChunkSpec,
+    FlowEstimator,
+    PixelAttention,
+    VRTSpike,
+    effective_window,
+    flow_warp,
+    window_merge,
+    window_partition,
+)
 
 
 def tiny_net(**kw) -> VRTSpike:

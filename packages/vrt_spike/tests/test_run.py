@@ -15,11 +15,11 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from trainhub import UserError
-from trainhub.training.checkpoint import load_models
 from trainhub.plugins import get_plugins
 from trainhub.resolve import resolve_config
-from trainhub.training.run import train
 from trainhub.testing import assert_same_weights
+from trainhub.training.checkpoint import load_models
+from trainhub.training.run import train
 from trainhub_vrt_spike.recipe import VRTSpikeRecipe, build_model, init_student
 
 

@@ -14,11 +14,13 @@ from trainhub.errors import ConfigError, PluginError, TrainingStopped, UserError
 if TYPE_CHECKING:
     from trainhub.config import DistillConfig, EMAConfig, LoaderConfig, RunConfig, Section, TrainConfig
     from trainhub.recipe import EvalContext, ForeignResume, OptimizerSpec, Recipe, StepContext
+    from trainhub.training.data import ResumableSampler
 
 # Imported on first use: ``import trainhub`` stays light (pluggy only), so the ``trainhub`` command installs its
 # Ctrl-C handler before torch's import (3-5 s) instead of after it.
 _LAZY = {**dict.fromkeys(("DistillConfig", "EMAConfig", "LoaderConfig", "RunConfig", "Section", "TrainConfig"), "trainhub.config"),
-         **dict.fromkeys(("EvalContext", "ForeignResume", "OptimizerSpec", "Recipe", "StepContext"), "trainhub.recipe")}
+         **dict.fromkeys(("EvalContext", "ForeignResume", "OptimizerSpec", "Recipe", "StepContext"), "trainhub.recipe"),
+         "ResumableSampler": "trainhub.training.data"}
 
 
 def __getattr__(name: str) -> Any:
@@ -37,6 +39,7 @@ __all__ = [
     "ForeignResume",
     "StepContext",
     "EvalContext",
+    "ResumableSampler",
     "RunConfig",
     "Section",
     "TrainConfig",

@@ -299,9 +299,9 @@ def cmd_doctor(args: argparse.Namespace, rest: list[str]) -> int:
 
 
 def _load_for_inference(command: str, recipe_name: str, checkpoint: str, ema: bool, overrides: list[str]) -> tuple[Any, Any, dict, Path]:
-    from trainhub.training import checkpoint as ckpt
     from trainhub.plugins import get_plugins
     from trainhub.resolve import resolve_config
+    from trainhub.training import checkpoint as ckpt
 
     plugins = get_plugins()
     recipe = plugins.recipe(recipe_name)
@@ -364,7 +364,7 @@ def cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
     args.overrides = overrides
 
     from trainhub.kit.media import MediaWriter
-    from trainhub.loggers.console import console_progress
+    from trainhub.kit.progress import console_progress
     from trainhub.recipe import EvalContext
     from trainhub.training import checkpoint as ckpt
     from trainhub.training.data import build_loader

@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from trainhub.config import RunConfig
+from trainhub.kit.progress import no_progress
 
 if TYPE_CHECKING:
     from trainhub.kit.media import MediaWriter
@@ -72,10 +73,6 @@ class StepContext:
         return unwrap(self.models[name])
 
 
-def no_progress(iterable: Iterable[Any], desc: str = "", total: Optional[int] = None) -> Iterable[Any]:
-    return iterable
-
-
 @dataclass
 class EvalContext:
     """What ``Recipe.evaluate`` sees. Models are in eval mode, EMA weights when EMA is on."""
@@ -95,6 +92,10 @@ class EvalContext:
 class Recipe:
     """Subclass, set ``name`` and ``config_class``, implement the build/step methods.
 
+    Every run (and every ``trainhub sample`` or ``eval``) builds its own instance, so what a recipe keeps on ``self``
+    belongs to one run: set up what the run derives from its config in :meth:`build_models`, which every path calls
+    first.
+
     Multi-optimizer recipes (a GAN) set ``optimizer_order`` and return one :class:`OptimizerSpec`
     per name from :meth:`optimizers`; ``train_step`` is then called once per optimizer per
     micro-batch, in that order, with ``ctx.optimizer`` naming the phase and ``ctx.cache`` shared by
@@ -109,11 +110,17 @@ class Recipe:
 
     # ---- building ----
     def build_models(self, config: RunConfig) -> dict[str, nn.Module]:
-        """Return the models by name (``{"model": net}`` for most recipes). Called on every rank."""
+        """Return the models by name (``{"model": net}`` for most recipes). Called on every rank, under the run's seed,
+        first in every path (train, sample, eval): the place for per-run state derived from the config."""
         raise NotImplementedError
 
     def build_data(self, config: RunConfig) -> tuple[Dataset, Optional[Dataset]]:
-        """Return ``(train, val)``; items may be tensors, tuples or dicts of tensors."""
+        """Return ``(train, val)``; items may be tensors, tuples or dicts of tensors.
+
+        Augmentation randomness must come from the global generators (``random``, ``numpy``, ``torch``) inside
+        ``__getitem__``: the loader seeds them per batch from (seed, epoch, position), which is what makes a resumed
+        run see the same augmentations. Called again with the phase's data settings when ``train.data_schedule``
+        changes them."""
         raise NotImplementedError
 
     def optimizers(self, config: RunConfig, models: dict[str, nn.Module]) -> dict[str, OptimizerSpec]:
@@ -134,18 +141,25 @@ class Recipe:
         return [child for m in model.modules() if isinstance(m, nn.ModuleList) for child in m]
 
     def collate_fn(self, config: RunConfig) -> Optional[Callable[[list[Any]], Any]]:
+        """How items become a batch (default: torch's ``default_collate``)."""
         return None
 
     # ---- training ----
     def train_step(self, batch: Any, ctx: StepContext) -> dict[str, torch.Tensor]:
         """Compute the losses for ``ctx.optimizer``: ``{"loss": total, "l1": ..., ...}``.
 
-        ``loss`` is what gets backpropagated; every other entry is logged (detached).
+        ``batch`` is already on ``ctx.device``; the call runs under the trainer's autocast. ``loss`` is what gets
+        backpropagated; every other entry is logged (detached, averaged over the logging window). Return no ``loss``
+        to skip this optimizer for the step (a GAN's discriminator before it starts).
         """
         raise NotImplementedError
 
     def evaluate(self, ctx: EvalContext) -> dict[str, float]:
-        """Metrics on this rank's validation shard (averaged over ranks by the trainer)."""
+        """Metrics on this rank's validation shard (averaged over ranks by the trainer).
+
+        ``ctx.data`` yields CPU batches: move them to ``ctx.device`` and run forwards under ``with ctx.autocast():``.
+        Models are in eval mode with EMA weights, gradients are off, and the training random streams are untouched.
+        Write pictures and sounds with ``ctx.media``; ``ctx.progress`` puts a bar on long loops."""
         return {}
 
     def loss_ranges(self, config: RunConfig) -> list[Any]:

@@ -24,12 +24,19 @@ Fixtures:
     stop there, then the same run resumed to its end (returned); compare it with an uninterrupted run.
 
 And :func:`assert_same_weights` (two checkpoints hold bit-identical tensors: the resume check).
+
+``TRAINHUB_TEST_WITHOUT=tokenizers,wandb pytest ...`` runs the tests as on an install without those packages (a
+package's optional extras): importing them fails as if absent, so the tests of an extra must skip
+(``pytest.importorskip``) and everything else must pass.
 """
 
 from __future__ import annotations
 
+import importlib.abc
 import json
+import os
 import signal
+import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional
 
@@ -37,6 +44,32 @@ import pluggy
 import pytest
 
 FAST = ["loader.num_workers=0", "loggers.console.progress_bar=false", "train.log_every=1"]
+#: Comma-separated top-level packages that the tests treat as not installed.
+ENV_WITHOUT = "TRAINHUB_TEST_WITHOUT"
+
+
+class _Without(importlib.abc.MetaPathFinder):
+    """Makes ``packages`` unimportable, as on an install without them."""
+
+    def __init__(self, packages: set[str]) -> None:
+        self.packages = packages
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> None:
+        if fullname.partition(".")[0] in self.packages:
+            raise ModuleNotFoundError(f"No module named {fullname!r} ({ENV_WITHOUT})", name=fullname)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    hidden = {n.strip() for n in os.environ.get(ENV_WITHOUT, "").split(",") if n.strip()}
+    if hidden:
+        for name in [m for m in sys.modules if m.partition(".")[0] in hidden]:
+            del sys.modules[name]
+        sys.meta_path.insert(0, _Without(hidden))
+
+
+def pytest_report_header(config: pytest.Config) -> Optional[str]:
+    hidden = os.environ.get(ENV_WITHOUT)
+    return f"trainhub: testing without {hidden} ({ENV_WITHOUT})" if hidden else None
 
 
 _hookimpl = pluggy.HookimplMarker("trainhub")  # trainhub.hookimpl, without importing torch at pytest start-up

@@ -23,14 +23,12 @@ from torch.utils.data import Dataset
 
 from trainhub import EMAConfig, EvalContext, ForeignResume, Recipe, StepContext, UserError
 from trainhub.kit.media import make_grid
-
 from trainhub_dit import compat
 from trainhub_dit.config import DiTConfig
 from trainhub_dit.data import EmbeddedShapes, ImageFiles, coco, custom_folder, image_folder
 from trainhub_dit.diffusion import GaussianDiffusion, guided, linear_betas
 from trainhub_dit.latents import LatentShards, decode, encode, load_vae, precompute, read_index, vae_shape
 from trainhub_dit.metrics import fid, fid_unavailable
-
 
 # the official train.py updates its EMA every step at this decay (update_ema's default)
 OFFICIAL_EMA_DECAY = 0.9999
@@ -332,9 +330,9 @@ class DiTRecipe(Recipe):
         from safetensors.torch import save_model
 
         from trainhub import config as C
-        from trainhub.training.checkpoint import write_json_atomic
         from trainhub.plugins import get_plugins
         from trainhub.resolve import resolve_config
+        from trainhub.training.checkpoint import write_json_atomic
 
         p = argparse.ArgumentParser(prog="trainhub dit import-official", description="Turn an official DiT checkpoint "
                                     "(released weights or a train.py checkpoint) into a trainhub run directory, so that "

@@ -20,7 +20,6 @@ import numpy as np
 import torch
 
 from trainhub import UserError
-
 from trainhub_sr3.diffusion import SCHEDULES, Schedule, make_betas
 
 PREFIX = "denoise_fn."

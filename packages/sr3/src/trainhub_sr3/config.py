@@ -8,6 +8,7 @@ from pydantic import Field
 
 from trainhub.config import RunConfig, Section, TrainConfig
 
+
 class UNetConfig(Section):
     """Defaults: a small UNet for the embedded CPU run; configs/sr3_16_128.yaml has the paper's."""
 

@@ -19,7 +19,6 @@ from typing import Any
 import torch
 
 from trainhub import UserError
-
 from trainhub_sr3 import compat
 
 
@@ -65,10 +64,9 @@ def import_reference(recipe: Any, argv: list[str]) -> Path:
     from safetensors.torch import save_file
 
     from trainhub import config as C
-    from trainhub.training.checkpoint import write_json_atomic
     from trainhub.plugins import get_plugins
     from trainhub.resolve import resolve_config
-
+    from trainhub.training.checkpoint import write_json_atomic
     from trainhub_sr3.recipe import build_unet, check_model_config, parse_sizes
 
     p = argparse.ArgumentParser(prog="trainhub sr3 import-reference", description="Turn a reference SR3 checkpoint "

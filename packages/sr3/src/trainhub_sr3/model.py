@@ -22,7 +22,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
 NOISE_ENCODINGS = ("sqrt_gamma", "log_snr")
 NETWORKS = ("sr3", "ddpm")
 

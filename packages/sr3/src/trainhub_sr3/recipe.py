@@ -21,7 +21,6 @@ from torch.utils.data import Dataset
 
 from trainhub import EvalContext, ForeignResume, Recipe, StepContext, UserError
 from trainhub.kit.media import make_grid
-
 from trainhub_sr3 import compat
 from trainhub_sr3.config import SR3Config, SR3Data, SR3Model
 from trainhub_sr3.data import EmbeddedPhotos, HRFolder, PairedFolder, bicubic_sr, list_images, open_image, prepare, to_tensor

@@ -36,8 +36,15 @@ import soundfile as sf
 import torch
 
 from trainhub import UserError
-
-from trainhub_timbre_gan.data import AUDIO_EXTENSIONS, read_audio, read_pair_list, resample, to_mono, write_audio_atomic, write_text_atomic
+from trainhub_timbre_gan.data import (
+    AUDIO_EXTENSIONS,
+    read_audio,
+    read_pair_list,
+    resample,
+    to_mono,
+    write_audio_atomic,
+    write_text_atomic,
+)
 from trainhub_timbre_gan.degrade import degrade, segment_rng
 from trainhub_timbre_gan.synth import synth_piece
 

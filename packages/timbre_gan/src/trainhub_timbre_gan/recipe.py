@@ -27,9 +27,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from trainhub import EvalContext, OptimizerSpec, Recipe, StepContext, UserError
-
 from trainhub_timbre_gan.config import TimbreData, TimbreGANConfig
-
 
 # ---- config ------------------------------------------------------------------------------------------
 
@@ -75,7 +73,6 @@ class TimbreGANRecipe(Recipe):
 
     def build_data(self, config: TimbreGANConfig) -> tuple[Dataset, Optional[Dataset]]:
         from trainhub.training import distributed as dist
-
         from trainhub_timbre_gan.data import TimbreRestoreDataset, read_pair_list
         from trainhub_timbre_gan.prepare import is_prepared, prepare
 
@@ -213,7 +210,6 @@ class TimbreGANRecipe(Recipe):
     def prepare(self, args: list[str]) -> None:
         from trainhub.plugins import get_plugins
         from trainhub.resolve import resolve_config
-
         from trainhub_timbre_gan.prepare import prepare
 
         p = argparse.ArgumentParser(

@@ -8,6 +8,7 @@ from pydantic import Field
 
 from trainhub.config import RunConfig, Section, TrainConfig
 
+
 class TokenImageModel(Section):
     name: str = Field("tokenimage-dit", description="a registered model name")
     patch_size: int = Field(4, ge=1, description="pixels per patch side; a multiple of the token block keeps tokens whole")

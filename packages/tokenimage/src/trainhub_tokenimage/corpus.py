@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
 from trainhub import UserError
-
 from trainhub_tokenimage.tokenizer import ROLES
 
 TEXT_SUFFIXES = (".txt", ".md", ".rst")

@@ -24,7 +24,6 @@ import torch
 from torch.utils.data import Dataset
 
 from trainhub import UserError
-
 from trainhub_tokenimage.codec import TokenCodec
 from trainhub_tokenimage.corpus import Document, read_source, stdlib_docstrings
 from trainhub_tokenimage.tokenizer import Tokenizer, load_tokenizer

@@ -18,19 +18,17 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from trainhub.training import distributed as dist
 from trainhub import EvalContext, Recipe, StepContext, UserError
 from trainhub.kit.media import make_grid, save_png, to_uint8_image
-
-from trainhub_tokenimage.config import TokenImageConfig, TokenImageData
+from trainhub.training import distributed as dist
 from trainhub_tokenimage.codec import TokenCodec
+from trainhub_tokenimage.config import TokenImageConfig, TokenImageData
 from trainhub_tokenimage.data import TokenImageDataset
 from trainhub_tokenimage.diffusion import add_noise_to_timestep, masked_mse, sample
 from trainhub_tokenimage.metrics import evaluate_denoiser, generation_metrics
 from trainhub_tokenimage.render import text_panel
 from trainhub_tokenimage.tokenizer import Tokenizer, load_tokenizer
 from trainhub_tokenimage.tools import save_token_png
-
 
 # flat keys of a script-style config (``--use_amp``, ``--lr`` ...) -> our sections
 FLAT_KEYS: dict[str, str] = {

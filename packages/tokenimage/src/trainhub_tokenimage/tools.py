@@ -13,7 +13,6 @@ import numpy as np
 import torch
 
 from trainhub import UserError
-
 from trainhub_tokenimage.codec import TokenCodec
 from trainhub_tokenimage.tokenizer import Tokenizer, load_tokenizer
 

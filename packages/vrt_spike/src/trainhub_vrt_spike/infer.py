@@ -10,7 +10,6 @@ from torch import nn
 
 from trainhub import UserError
 from trainhub.kit.media import save_png, to_uint8_image
-
 from trainhub_vrt_spike.data import SpikeDeblurDataset, read_meta
 from trainhub_vrt_spike.metrics import psnr
 

@@ -6,7 +6,6 @@ import argparse
 from pathlib import Path
 
 from trainhub import UserError
-
 from trainhub_vrt_spike import simulate as sim
 
 

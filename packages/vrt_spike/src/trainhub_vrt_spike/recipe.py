@@ -25,14 +25,12 @@ from torch.utils.data import Dataset
 from trainhub import EvalContext, Recipe, StepContext, UserError
 from trainhub.kit.distill import init_from_teacher, load_teacher, spread_layers
 from trainhub.kit.media import make_grid
-
 from trainhub_vrt_spike import seed_config
 from trainhub_vrt_spike.config import VRTSpikeConfig, cpu_count, local_processes
 from trainhub_vrt_spike.data import SpikeDeblurDataset, read_meta
 from trainhub_vrt_spike.metrics import psnr, ssim
 from trainhub_vrt_spike.model import TMSAGroup, VRTSpike
 from trainhub_vrt_spike.simulate import SimSettings, ensure_embedded
-
 
 # ---- config ---------------------------------------------------------------------------------------
 

@@ -27,9 +27,9 @@ from trainhub.errors import UserError
 
 def load_teacher(recipe: Any, cfg: DistillConfig, name: str = "model") -> nn.Module:
     """Build the teacher from its own saved ``config.yaml`` and load its weights; frozen, eval mode."""
-    from trainhub.training import checkpoint as ckpt
     from trainhub.plugins import get_plugins
     from trainhub.resolve import resolve_config
+    from trainhub.training import checkpoint as ckpt
 
     if not cfg.teacher:
         raise UserError("distill.teacher is not set: give the teacher's checkpoint or run directory")

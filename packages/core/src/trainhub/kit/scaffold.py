@@ -59,6 +59,7 @@ def render(name: str) -> dict[str, str]:
         "README.md": README,
         f"{src}/__init__.py": INIT,
         f"{src}/plugin.py": PLUGIN,
+        f"{src}/config.py": CONFIG,
         f"{src}/recipe.py": RECIPE,
         f"{src}/model.py": MODEL,
         f"{src}/data.py": DATA,
@@ -137,9 +138,9 @@ testpaths = ["tests"]
 README = """\
 # $dist
 
-A trainhub plugin providing the `$name` recipe: a small residual convnet that
-learns to remove Gaussian noise from procedurally drawn images. It is a starting point: replace the
-model, the data and the step with yours and keep the tests passing.
+The `$name` recipe for trainhub: a small residual convnet that learns to remove Gaussian noise from
+procedurally drawn images. A starting point: replace the model, the data and the step with yours and
+keep the tests passing.
 
 ## Use
 
@@ -158,12 +159,13 @@ pytest                                 # the tests (fixtures from trainhub.testi
 
 | file | what |
 |---|---|
-| `src/$module/plugin.py` | the hook implementations trainhub calls: registers the recipe, the model and the dataset |
-| `src/$module/recipe.py` | the config schema (typed, validated) and the recipe: build model and data, train step, eval, sample |
+| `src/$module/plugin.py` | the hook implementations trainhub calls: registers the recipe, the model and the dataset by reference (`trainhub list` imports none of them) |
+| `src/$module/config.py` | the config schema (typed, validated, documented; no torch, so `trainhub config $name` and `--help` stay fast) |
+| `src/$module/recipe.py` | the recipe: build model and data, train step, eval, sample (one instance per run) |
 | `src/$module/model.py` | the model, registered as `$name-convnet` (select another registered model with `model.name=...`) |
 | `src/$module/data.py` | the procedural dataset, registered as `$name-blobs` |
 | `src/$module/configs/default.yaml` | the main settings, a starting point for `--config` |
-| `tests/` | schema, model, a short training run, a run with another core loss |
+| `tests/` | schema, model, a short training run, learning, exact resume, a run with another core loss |
 
 The loss comes from trainhub's registry (`charbonnier` by default; `l1`, `mse` or any loss another
 plugin registers). The shared trainer handles devices, mixed precision, DDP, accumulation, EMA, LR
@@ -177,56 +179,44 @@ __version__ = "0.1.0"
 '''
 
 PLUGIN = '''\
-"""Hook implementations: what this package adds to trainhub (entry point `$name` in pyproject.toml)."""
+"""Hook implementations: what this package adds to trainhub (entry point `$name` in pyproject.toml).
+
+Everything is registered by "module:attr" reference: trainhub imports a module when it is used, so `trainhub list`,
+`config` and `--help` do not import this package's model code (or torch).
+"""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 from trainhub import hookimpl
 
 
 @hookimpl
-def trainhub_register_recipes(register: Callable[[Any], None]) -> None:
-    from $module.recipe import ${Title}Recipe
-
-    register(${Title}Recipe())
+def trainhub_register_recipes(register: Callable[..., None]) -> None:
+    register("$name", "$module.recipe:${Title}Recipe", config="$module.config:${Title}Config",
+             description="$name: a small residual convnet removing noise from generated images")
 
 
 @hookimpl
 def trainhub_register_models(register: Callable[..., None]) -> None:
-    from $module.model import ResidualConvNet
-
-    register("$name-convnet", ResidualConvNet)
+    register("$name-convnet", "$module.model:ResidualConvNet")
 
 
 @hookimpl
 def trainhub_register_datasets(register: Callable[..., None]) -> None:
-    from $module.data import NoisyBlobs
-
-    register("$name-blobs", NoisyBlobs)
+    register("$name-blobs", "$module.data:NoisyBlobs")
 '''
 
-RECIPE = '''\
-"""The $name recipe: config schema and the steps trainhub's shared trainer calls."""
+CONFIG = '''\
+"""The $name recipe's config schema: every key typed, validated and described (`trainhub run $name --help` lists
+them). No torch here: the CLI reads this module alone."""
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
-from typing import Optional
-
-import torch
 from pydantic import Field
-from torch import nn
-from torch.utils.data import Dataset
 
-from trainhub import EvalContext, Recipe, RunConfig, Section, StepContext, TrainConfig, UserError
-from trainhub.kit.image_quality import psnr
-from trainhub.kit.media import make_grid, save_png, to_uint8_image
-from trainhub.plugins import get_plugins
-
-from $module.data import NoisyBlobs
+from trainhub import RunConfig, Section, TrainConfig
 
 
 class ModelConfig(Section):
@@ -236,8 +226,8 @@ class ModelConfig(Section):
 
 
 class DataConfig(Section):
-    num_samples: int = Field(1024, ge=1)
-    val_samples: int = Field(64, ge=0)
+    num_samples: int = Field(1024, ge=1, description="training images")
+    val_samples: int = Field(64, ge=0, description="validation images (0: no eval data)")
     size: int = Field(16, ge=4, description="image height and width")
     noise: float = Field(0.2, ge=0.0, description="std of the Gaussian noise added to the inputs")
 
@@ -252,19 +242,44 @@ class ${Title}Config(RunConfig):
     loss: LossConfig = LossConfig()
     train: TrainConfig = TrainConfig(max_steps=400, batch_size=16, lr=2e-3, eval_every=100, log_every=20,
                                      best_metric="psnr", best_mode="max", ema=dict(decay=0.99))
+'''
+
+RECIPE = '''\
+"""The $name recipe: the steps trainhub's shared trainer calls.
+
+Every run builds its own recipe, so what a run derives from its config is set up in `build_models` (the first method
+every path calls) and kept on `self`. Randomness in the data comes from the global generators inside `__getitem__`
+(trainhub seeds them per batch): that is what makes a resumed run continue exactly.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from trainhub import EvalContext, Recipe, StepContext, UserError
+from trainhub.kit.image_quality import psnr
+from trainhub.kit.media import labelled_grid, save_png
+from trainhub.plugins import get_plugins
+
+from $module.config import ${Title}Config
+from $module.data import NoisyBlobs
 
 
 class ${Title}Recipe(Recipe):
     """Denoise procedurally drawn images with a small residual convnet."""
 
     name = "$name"
-    description = "$name: a small residual convnet denoising generated images (trainhub new plugin)"
+    description = "$name: a small residual convnet removing noise from generated images"
     config_class = ${Title}Config
 
-    def __init__(self) -> None:
-        self._losses: dict[str, nn.Module] = {}
-
     def build_models(self, config: ${Title}Config) -> dict[str, nn.Module]:
+        self.loss_fn = get_plugins().loss(config.loss.name)()  # core's l1, mse, charbonnier, or another plugin's
         factory = get_plugins().model(config.model.name)  # any registered variant, not just ours
         return {"model": factory(width=config.model.width, depth=config.model.depth)}
 
@@ -276,17 +291,13 @@ class ${Title}Recipe(Recipe):
         val = NoisyBlobs(d.val_samples, d.size, d.noise, seed=seed + 1, fixed_noise=True) if d.val_samples else None
         return train, val
 
-    def loss(self, name: str) -> nn.Module:
-        """The registered loss ``name`` (core's l1, mse, charbonnier, or another plugin's), built once."""
-        if name not in self._losses:
-            self._losses[name] = get_plugins().loss(name)()
-        return self._losses[name]
-
     def train_step(self, batch: dict[str, torch.Tensor], ctx: StepContext) -> dict[str, torch.Tensor]:
+        # the batch is on the device already; this runs under the trainer's autocast
         out = ctx.models["model"](batch["input"])
-        return {"loss": self.loss(ctx.config.loss.name)(out.float(), batch["target"])}
+        return {"loss": self.loss_fn(out.float(), batch["target"])}
 
     def evaluate(self, ctx: EvalContext) -> dict[str, float]:
+        # eval batches arrive on the CPU: move them; ctx.data shows a progress bar on the console
         scores, baseline, shown = [], [], []
         for batch in ctx.data or []:
             noisy, clean = batch["input"].to(ctx.device), batch["target"].to(ctx.device)
@@ -299,20 +310,21 @@ class ${Title}Recipe(Recipe):
                 shown = [t.float().clamp(-1, 1).cpu() for pair in zip(noisy[:k], out[:k], clean[:k]) for t in pair]
         if not scores:
             return {}
-        ctx.media.image("noisy_denoised_clean", make_grid(torch.stack(shown), nrow=3), caption="noisy | denoised | clean")
+        grid = labelled_grid(torch.stack(shown), 3, ["noisy", "denoised", "clean"])
+        ctx.media.image("noisy_denoised_clean", grid, caption="noisy | denoised | clean")
         return {"psnr": float(torch.cat(scores).mean()), "psnr_noisy": float(torch.cat(baseline).mean())}
 
     def add_sample_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--count", type=int, default=16, help="images to generate and denoise")
         parser.add_argument("--seed", type=int, default=1234)
 
-    def sample(self, models: dict[str, nn.Module], config: RunConfig, args: argparse.Namespace, out_dir: Path) -> None:
+    def sample(self, models: dict[str, nn.Module], config: ${Title}Config, args: argparse.Namespace, out_dir: Path) -> None:
         d = config.data
         data = NoisyBlobs(args.count, d.size, d.noise, seed=args.seed, fixed_noise=True)
         noisy = torch.stack([data[i]["input"] for i in range(len(data))]).to(args.device)
         out = models["model"](noisy).clamp(-1, 1)
-        grid = make_grid(torch.stack([t.cpu() for pair in zip(noisy, out) for t in pair]), nrow=2)
-        path = save_png(out_dir / "noisy_denoised.png", to_uint8_image(grid))
+        grid = labelled_grid(torch.stack([t.cpu() for pair in zip(noisy, out) for t in pair]), 2, ["noisy", "denoised"])
+        path = save_png(out_dir / "noisy_denoised.png", grid)
         print(f"wrote {path}")
 '''
 
@@ -475,4 +487,15 @@ def test_learns_to_denoise(run_recipe):
 def test_any_registered_loss_can_be_used(run_recipe):
     res = run_recipe("$name", steps=2, overrides=SMALL + ["loss.name=l1"])
     assert res.status == "completed"
+
+
+def test_resume_is_exact(tmp_path, interrupt_and_resume):
+    """A real SIGTERM after step 3 saves and stops; the resumed run ends bit-identical to an uninterrupted one."""
+    from trainhub import train
+    from trainhub.testing import FAST, assert_same_weights
+
+    overrides = FAST + SMALL + ["train.max_steps=6", "train.eval_every=0"]
+    whole = train("$name", overrides=overrides, run_dir=tmp_path / "whole")
+    resumed = interrupt_and_resume("$name", overrides, tmp_path / "cut", at=3)
+    assert_same_weights(whole.last_checkpoint, resumed.last_checkpoint, files=("model.safetensors", "ema.safetensors"))
 '''

@@ -4,17 +4,12 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any
 
 from tqdm.auto import tqdm
 
 from trainhub import hookimpl
 from trainhub.loggers.configs import ConsoleConfig
-
-
-def console_progress(iterable: Iterable[Any], desc: str = "", total: Optional[int] = None) -> Iterable[Any]:
-    """A transient progress bar on stderr (eval batches, sampling steps): gone when the loop ends."""
-    return tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True, file=sys.stderr)
 
 
 class ConsoleLogger:

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from trainhub import hookimpl
-from trainhub.training import storage
 from trainhub.loggers.configs import JsonlConfig
+from trainhub.training import storage
 
 
 def keep_until(path: Path, step: int) -> int:

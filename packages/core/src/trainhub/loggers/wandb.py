@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import urlparse
 
-
 from trainhub import hookimpl
 from trainhub.loggers.configs import WandbConfig
 

@@ -32,8 +32,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
-from trainhub.training import storage
 from trainhub.errors import UserError
+from trainhub.training import storage
 
 STATE_FILE = "training_state.json"
 

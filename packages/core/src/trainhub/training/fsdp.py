@@ -25,7 +25,6 @@ from trainhub.training import distributed as dist
 from trainhub.training.strategy import Strategy
 
 
-
 def is_dtensor(t: Any) -> bool:
     from torch.distributed.tensor import DTensor
 

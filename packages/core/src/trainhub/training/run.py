@@ -16,16 +16,16 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
-from trainhub.training import checkpoint as ckpt
 from trainhub import config as C
+from trainhub.errors import PluginError, UserError
+from trainhub.plugins import Plugins, get_plugins
+from trainhub.recipe import Recipe
+from trainhub.resolve import resolve_config
+from trainhub.training import checkpoint as ckpt
 from trainhub.training import distributed as dist
 from trainhub.training import signals, storage
-from trainhub.errors import PluginError, UserError
 from trainhub.training.rundir import RunDir
 from trainhub.training.summary import dry_run_summary
-from trainhub.plugins import Plugins, get_plugins
-from trainhub.resolve import resolve_config
-from trainhub.recipe import Recipe
 
 
 @dataclass

@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from trainhub.training import storage
 from trainhub.errors import UserError
+from trainhub.training import storage
 
 LOCK_FILE = "trainhub.lock"
 

@@ -26,10 +26,10 @@ from torch import nn
 from trainhub.config import RunConfig
 from trainhub.errors import UserError
 from trainhub.kit.media import MediaWriter
-from trainhub.loggers.console import console_progress
+from trainhub.kit.progress import console_progress, no_progress
 from trainhub.observe.watch import LossWatch
 from trainhub.plugins import Plugins
-from trainhub.recipe import EvalContext, OptimizerSpec, Recipe, StepContext, no_progress
+from trainhub.recipe import EvalContext, OptimizerSpec, Recipe, StepContext
 from trainhub.training import autobatch, flops, optim, signals, state
 from trainhub.training import distributed as dist
 from trainhub.training.data import build_loader, cpu_count, sample_seed
