@@ -22,7 +22,8 @@ from trainhub.config import Section
 
 
 class LossSpikeConfig(Section):
-    enabled: bool = False
+    enabled: bool = Field(False, description="watch a logged loss for spikes: each alert is a stderr line and a record "
+                          "in <run>/alerts.jsonl")
     key: str = Field("loss", description="the logged metric to watch (loss_g, loss_d, l1, ... for other recipes)")
     factor: float = Field(3.0, gt=1.0, description="alert when the value exceeds factor x its running average")
     beta: float = Field(0.9, ge=0.0, lt=1.0, description="running average: avg = beta * avg + (1 - beta) * value")

@@ -30,7 +30,7 @@ class DiTDataConfig(Section):
     coco_labels: Literal["category", "none"] = Field("category", description="coco: label = category of the largest "
                                                      "annotation, or none (unconditional)")
     val_root: Optional[str] = Field(None, description="validation data of the same source (val loss, FID reference)")
-    val_annotations: Optional[str] = None
+    val_annotations: Optional[str] = Field(None, description="coco: the annotation JSON of data.val_root")
     image_size: int = Field(32, ge=8, description="images are centre-cropped (or resized) to this square size")
     center_crop: bool = Field(True, description="ADM centre crop; false: resize the whole image to a square")
     hflip: bool = Field(True, description="random horizontal flips")
@@ -47,13 +47,14 @@ class DiTDataConfig(Section):
 
 
 class DiTEvalConfig(Section):
-    sampler: Literal["ddpm", "ddim"] = "ddpm"
+    sampler: Literal["ddpm", "ddim"] = Field("ddpm", description="ddpm: ancestral steps (the official sample.py's); ddim: "
+                                              "deterministic (eta 0); for the sample grid, FID and trainhub sample")
     steps: int = Field(250, ge=1, description="respaced sampling steps")
     cfg_scale: float = Field(4.0, ge=1.0, description="classifier-free guidance scale (1 = off)")
     cfg_channels: Optional[int] = Field(None, ge=1, description="output channels guided; null: all noise channels; 3: as "
                                         "the official sample.py (it guides only the first three of the four latent channels)")
     classes: Optional[list[int]] = Field(None, description="classes shown in the sample grid (default: the first 8)")
-    samples_per_class: int = Field(4, ge=1)
+    samples_per_class: int = Field(4, ge=1, description="images per class in the sample grid (one row per class)")
     val_batches: int = Field(8, ge=0, description="validation batches for val_loss (0 = all)")
     fid_inception_weights: Optional[str] = Field(None, description="local Inception-v3 weights file (torch-fidelity's); "
                                                  "FID is skipped without it")

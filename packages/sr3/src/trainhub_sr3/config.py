@@ -12,14 +12,20 @@ from trainhub.config import RunConfig, Section, TrainConfig
 class UNetConfig(Section):
     """Defaults: a small UNet for the embedded CPU run; configs/sr3_16_128.yaml has the paper's."""
 
-    in_channel: int = 6
-    out_channel: int = 3
-    inner_channel: int = Field(32, ge=1)
-    norm_groups: int = Field(8, ge=1)
-    channel_multiplier: list[int] = [1, 2, 2]
-    attn_res: list[int] = [8]
-    res_blocks: int = Field(1, ge=1)
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    in_channel: int = Field(6, description="input channels: 2 x out_channel when conditional (upsampled LR image + noisy "
+                            "HR image), else out_channel")
+    out_channel: int = Field(3, description="channels of the image the UNet predicts (3: RGB)")
+    inner_channel: int = Field(32, ge=1, description="channels of the first level (also the noise embedding's width); "
+                               "the paper's 16->128 model: 64")
+    norm_groups: int = Field(8, ge=1, description="GroupNorm groups; must divide inner_channel x every channel_multiplier "
+                             "(the reference: 32 when its JSON has none)")
+    channel_multiplier: list[int] = Field([1, 2, 2], description="one entry per level: its channels = inner_channel x this; "
+                                          "every level but the last halves the resolution")
+    attn_res: list[int] = Field([8], description="feature-map sizes (image_size, halved per level) whose residual blocks "
+                                "add self-attention; the middle block always has it")
+    res_blocks: int = Field(1, ge=1, description="residual blocks per encoder level (the decoder has one more per level)")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout before each residual block's second convolution "
+                           "(the paper's 16->128 model: 0.2)")
     image_size: int = Field(32, ge=8, description="resolution the attention levels (attn_res) refer to")
     noise_encoding: Literal["sqrt_gamma", "log_snr"] = Field(
         "log_snr", description="what the sinusoidal noise embedding encodes: log_snr (tells the low noise levels apart) or "
@@ -27,10 +33,13 @@ class UNetConfig(Section):
 
 
 class BetaSchedule(Section):
-    schedule: Literal["linear", "cosine", "quad", "warmup10", "warmup50", "const", "jsd"] = "linear"
-    n_timestep: int = Field(1000, ge=1)
-    linear_start: float = Field(1e-6, gt=0.0)
-    linear_end: float = Field(1e-2, gt=0.0)
+    schedule: Literal["linear", "cosine", "quad", "warmup10", "warmup50", "const", "jsd"] = Field(
+        "linear", description="the reference's beta schedules: linear, quad (linear in sqrt(beta)), warmup10/warmup50 "
+        "(linear over the first 10%/50% of the steps, then linear_end), const (linear_end), jsd (1/T, 1/(T-1), ..., 1), "
+        "cosine (Nichol & Dhariwal)")
+    n_timestep: int = Field(1000, ge=1, description="diffusion steps T")
+    linear_start: float = Field(1e-6, gt=0.0, description="first beta (linear, quad, warmup10, warmup50)")
+    linear_end: float = Field(1e-2, gt=0.0, description="last beta (linear, quad, warmup10, warmup50); const: every beta")
 
 
 class BetaSchedules(Section):
@@ -50,7 +59,8 @@ class SR3Model(Section):
     unet: UNetConfig = UNetConfig()
     beta_schedule: BetaSchedules = BetaSchedules()
     eval_steps: int = Field(100, ge=1, description="sampling steps for eval and inference (respaced)")
-    loss: Literal["l1", "l2"] = "l1"
+    loss: Literal["l1", "l2"] = Field("l1", description="l1 (the reference's) or l2 between the UNet's output and its "
+                                      "target (see prediction), mean over pixels")
     prediction: Literal["eps", "x0", "v"] = Field("x0", description="what the UNet predicts: x0 (learns fastest on the small "
                                                    "default), eps (the reference's; its weights need it) or v")
     residual: bool = Field(True, description="diffuse HR minus the bicubic upsampling (SRDiff-style); false = the reference's "
@@ -70,9 +80,11 @@ class SR3Data(Section):
     val_root: Optional[str] = Field(None, description="validation data; default: a split of the embedded photos or none")
     val_source: Optional[Literal["paired", "lmdb", "folder"]] = Field(
         None, description="layout of val_root; default: lmdb if it holds data.mdb, paired if it holds hr_<R>/, else folder")
-    l_resolution: int = Field(8, ge=2)
-    r_resolution: int = Field(32, ge=4)
-    flips: bool = True
+    l_resolution: int = Field(8, ge=2, description="side of the low-resolution input in pixels (the lr_<r>/ and sr_<r>_<R>/ "
+                              "folders' r)")
+    r_resolution: int = Field(32, ge=4, description="side of the high-resolution target in pixels (hr_<R>/'s R); a multiple "
+                              "of l_resolution, the upscaling factor being their ratio")
+    flips: bool = Field(True, description="random horizontal flips of the training pairs (never in validation)")
     on_error: Literal["skip", "stop"] = Field("skip", description="an unreadable image is skipped with a warning, or stops the run")
     train_len: int = Field(-1, description="use at most N training images (-1: all)")
     val_len: int = Field(-1, description="evaluate on the first N validation images (-1: all; the embedded set has 40 tiles)")

@@ -48,7 +48,8 @@ class LossConfig(Section):
     l1: float = Field(3.0, ge=0.0, description="waveform L1")
     stft: float = Field(3.0, ge=0.0, description="multi-resolution STFT: spectral convergence + log magnitude")
     adversarial: float = Field(1.0, ge=0.0, description="LSGAN generator term")
-    feature_matching: float = Field(2.0, ge=0.0)
+    feature_matching: float = Field(2.0, ge=0.0, description="L1 between the discriminators' feature maps of clean and "
+                                    "restored audio (from gan.gan_start_epoch on, like adversarial)")
     stft_resolutions: list[Resolution] = Field(PWG, description="(n_fft, hop, window) of the STFT loss (Parallel WaveGAN's)")
 
 
@@ -65,17 +66,20 @@ class GANConfig(Section):
 class DegradeConfig(Section):
     """Each stage runs with its probability (at least one per segment), parameters drawn uniformly from ranges."""
 
-    eq_prob: float = Field(0.8, ge=0.0, le=1.0)
+    eq_prob: float = Field(0.8, ge=0.0, le=1.0, description="probability of the EQ stage (peaking bands and shelves)")
     eq_bands: int = Field(3, ge=1, description="1..N peaking bands, plus a low and a high shelf")
-    eq_max_gain_db: float = Field(12.0, ge=0.0)
-    bandlimit_prob: float = Field(0.6, ge=0.0, le=1.0)
+    eq_max_gain_db: float = Field(12.0, ge=0.0, description="EQ band and shelf gains are drawn from +-this (dB)")
+    bandlimit_prob: float = Field(0.6, ge=0.0, le=1.0, description="probability of band limiting (resampled to 2 x the "
+                                  "cutoff and back)")
     cutoff_hz: tuple[float, float] = Field((2000.0, 6000.0), description="band-limit cutoff range (500 Hz grid)")
-    compress_prob: float = Field(0.5, ge=0.0, le=1.0)
-    compress_threshold_db: tuple[float, float] = (-35.0, -15.0)
-    compress_ratio: tuple[float, float] = (2.0, 8.0)
-    clip_prob: float = Field(0.4, ge=0.0, le=1.0)
+    compress_prob: float = Field(0.5, ge=0.0, le=1.0, description="probability of RMS compression (5-50 ms envelope, "
+                                 "peak make-up gain)")
+    compress_threshold_db: tuple[float, float] = Field((-35.0, -15.0), description="compressor threshold range, dB of the "
+                                                       "RMS envelope (0 dB = full scale)")
+    compress_ratio: tuple[float, float] = Field((2.0, 8.0), description="compression ratio range (N:1 above the threshold)")
+    clip_prob: float = Field(0.4, ge=0.0, le=1.0, description="probability of clipping (hard or tanh-soft, even odds)")
     clip_level: tuple[float, float] = Field((0.2, 0.6), description="clip level as a fraction of the segment's peak")
-    noise_prob: float = Field(0.6, ge=0.0, le=1.0)
+    noise_prob: float = Field(0.6, ge=0.0, le=1.0, description="probability of added white or pink noise (even odds)")
     snr_db: tuple[float, float] = Field((15.0, 40.0), description="white or pink noise at this signal-to-noise ratio")
 
 
@@ -89,8 +93,10 @@ class TimbreData(Section):
     source_dir: Optional[str] = Field(None, description="folder of clean audio (wav/flac/...) to prepare; null = synthesised music")
     cache_dir: Optional[str] = Field(None, description="automatic preparation goes to <cache_dir>/timbre_gan/prepared-<settings "
                                      "hash>; null = $TRAINHUB_CACHE or ~/.cache/trainhub")
-    sample_rate: int = Field(16000, ge=1000)
-    segment_seconds: float = Field(0.5, gt=0.0)
+    sample_rate: int = Field(16000, ge=1000, description="Hz: sources are resampled (and mixed to mono) to it when "
+                             "prepared; trainhub sample restores at it")
+    segment_seconds: float = Field(0.5, gt=0.0, description="length of each clean/degraded pair, cut from the sources "
+                                   "without overlap; every STFT resolution needs n_fft/2 below it in samples")
     max_segments_per_file: int = Field(8, ge=0, description="0 = all")
     min_rms_db: float = Field(-50.0, description="segments quieter than this are left out")
     val_every: int = Field(8, ge=0, description="every N-th source file (sorted order) goes to validation; 0 = none")
@@ -102,8 +108,9 @@ class TimbreData(Section):
 
 class EvalConfig(Section):
     media_examples: int = Field(3, ge=0, description="restored examples saved per eval (wav + spectrogram PNG)")
-    lsd_n_fft: int = Field(1024, ge=16)
-    lsd_hop: int = Field(256, ge=1)
+    lsd_n_fft: int = Field(1024, ge=16, description="FFT size (= Hann window length, samples) of the log-spectral "
+                           "distance metrics lsd_*")
+    lsd_hop: int = Field(256, ge=1, description="hop (samples) of the log-spectral distance's STFT")
 
 
 class TimbreGANConfig(RunConfig):

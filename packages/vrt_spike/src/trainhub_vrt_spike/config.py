@@ -51,11 +51,12 @@ def total_workers(setting: Union[int, str], cpus: int, processes: int) -> tuple[
 class ChunkConfig(Section):
     """Per-pixel temporal attention, cut into spatial chunks to bound memory (same result as unchunked)."""
 
-    heads: int = Field(2, ge=1)
+    heads: int = Field(2, ge=1, description="attention heads; must divide the attended channels (spike_tsa: spike_dim; "
+                       "fuse: the embed_dims of fuse_stages)")
     adaptive_chunk: bool = Field(True, description="chunks as large as max_batch_tokens allows (else chunk_size)")
     max_batch_tokens: int = Field(49152, ge=1, description="batch x pixels x key tokens per chunk (adaptive_chunk)")
     chunk_size: int = Field(64, ge=0, description="square side or rows per chunk when adaptive_chunk is off; 0 = no chunking")
-    chunk_shape: Literal["square", "rows"] = "square"
+    chunk_shape: Literal["square", "rows"] = Field("square", description="chunks are squares, or bands of whole rows")
 
     def spec(self) -> "ChunkSpec":
         from trainhub_vrt_spike.model import ChunkSpec
@@ -77,8 +78,9 @@ class VRTSpikeModel(Section):
     window_size: Union[int, list[int]] = Field(8, description="spatial window side, or [frames, height, width]")
     window_frames: int = Field(6, ge=1, description="temporal window when window_size is one number")
     mul_attn_ratio: float = Field(0.75, ge=0.0, le=1.0, description="share of a stage's layers with mutual attention")
-    mlp_ratio: float = Field(2.0, gt=0.0)
-    drop_path_rate: float = Field(0.0, ge=0.0, lt=1.0)
+    mlp_ratio: float = Field(2.0, gt=0.0, description="GEGLU MLP hidden width = the stage's embed_dim x this (VRT: 2)")
+    drop_path_rate: float = Field(0.0, ge=0.0, lt=1.0, description="stochastic depth, rising linearly from 0 to this over "
+                                  "all TMSA layers (VRT: 0.2)")
     upscale: Literal[1] = Field(1, description="1: deblurring (same resolution in and out)")
     use_checkpoint_attn: bool = Field(False, description="recompute attention (and spike attention chunks) in backward")
     use_checkpoint_ffn: bool = Field(False, description="recompute the MLPs in backward")
@@ -87,14 +89,16 @@ class VRTSpikeModel(Section):
     flow_weights: Optional[str] = Field(None, description="local file (safetensors or .pth state dict) for the flow estimator; "
                                         "nothing is ever downloaded")
     max_residue_magnitude: float = Field(10.0, ge=0.0, description="bound of the learned flow correction (pixels at full scale)")
-    spike_dim: int = Field(16, ge=1)
+    spike_dim: int = Field(16, ge=1, description="channels of the spike encoder's tokens (and of its 1/2, 1/4, 1/8 pyramid)")
     spike_segments: int = Field(4, ge=1, description="spike tokens per frame (sub-exposures); must divide the spike channels")
-    spike_encoder_blocks: int = Field(1, ge=0)
+    spike_encoder_blocks: int = Field(1, ge=0, description="residual conv blocks encoding each spike segment, before "
+                                      "the temporal attention")
     spike_tsa: SpikeTSAConfig = SpikeTSAConfig()
     fuse: ChunkConfig = ChunkConfig()
     fuse_stages: list[int] = Field([1, 2, 3, 4], description="stages (1-7) after which spike features are fused")
-    loss: Literal["charbonnier", "l1"] = "charbonnier"
-    charbonnier_eps: float = Field(1e-3, gt=0.0)
+    loss: Literal["charbonnier", "l1"] = Field("charbonnier", description="charbonnier (VRT's: mean sqrt((output - sharp)^2 "
+                                               "+ eps^2)) or l1")
+    charbonnier_eps: float = Field(1e-3, gt=0.0, description="eps of the Charbonnier loss")
     profile: bool = Field(False, description="time every stage's forward (CUDA events / timers), logged as time/<part>_ms")
 
     def heads(self) -> list[int]:
@@ -112,21 +116,22 @@ class VRTSpikeModel(Section):
 class EmbeddedData(Section):
     """The simulated dataset used when data.root is not set (generated once into the cache folder)."""
 
-    size: int = Field(64, ge=16)
+    size: int = Field(64, ge=16, description="side of the simulated square frames and spike maps in pixels")
     frames: int = Field(12, ge=1, description="frames per sequence")
-    train_sequences: int = Field(5, ge=1)
-    val_sequences: int = Field(2, ge=0)
+    train_sequences: int = Field(5, ge=1, description="training sequences, from 4 bundled photographs in turn")
+    val_sequences: int = Field(2, ge=0, description="validation sequences, from 2 held-out photographs (0: no validation)")
     subframes: int = Field(32, ge=1, description="sharp instants = spike frames per exposure")
-    threshold: float = Field(2.0, gt=0.0)
-    noise_std: float = Field(0.02, ge=0.0)
+    threshold: float = Field(2.0, gt=0.0, description="integrate-and-fire threshold: a pixel spikes when its accumulated "
+                             "luminance (0..1 per spike frame) reaches it")
+    noise_std: float = Field(0.02, ge=0.0, description="std of the Gaussian noise added to each accumulator per spike frame")
     max_speed: float = Field(10.0, ge=0.0, description="camera speed per axis, pixels per frame")
-    seed: int = 0
+    seed: int = Field(0, description="seeds the simulation (camera motions, spike accumulators and noise)")
     dir: Optional[str] = Field(None, description="where to generate it (default $TRAINHUB_CACHE_DIR/vrt_spike or ~/.cache/trainhub/vrt_spike)")
 
 
 class VRTSpikeData(Section):
     root: Optional[str] = Field(None, description="dataset root (<root>/<split>/<sequence>/{blur,sharp,spike|voxel}); null = embedded")
-    train_split: str = "train"
+    train_split: str = Field("train", description="subfolder of root holding the training sequences")
     val_split: str = Field("val", description="GoPro+Spike calls it test")
     seq_len: int = Field(4, ge=1, description="frames per clip")
     clip_stride: int = Field(1, ge=1, description="frames between training clip starts")
@@ -137,12 +142,14 @@ class VRTSpikeData(Section):
     num_bins: int = Field(32, ge=1, description="voxel bins per frame")
     spike_input: Literal["voxel", "raw"] = Field("voxel", description="voxel bins, or the raw binary spike frames as channels")
     use_precomputed_voxels: bool = Field(False, description="read <sequence>/<voxel_dir>/<stem>.npy instead of voxelising .dat on the fly")
-    spike_dir: str = "spike"
-    voxel_dir: str = "voxel"
+    spike_dir: str = Field("spike", description="folder of each sequence holding the .dat spike streams")
+    voxel_dir: str = Field("voxel", description="folder of each sequence holding precomputed voxels (use_precomputed_voxels; "
+                           "`trainhub prepare vrt_spike voxelize` writes it)")
     spike_format: Literal["bitpacked", "bytes"] = Field("bitpacked", description=".dat layout: 8 pixels per byte, or one byte per pixel")
     spike_flipud: Optional[bool] = Field(None, description="rows stored bottom-up (null: meta.json, else true)")
     spike_height: Optional[int] = Field(None, ge=1, description="spike sensor rows (null: meta.json, else the frame height)")
-    spike_width: Optional[int] = Field(None, ge=1)
+    spike_width: Optional[int] = Field(None, ge=1, description="spike sensor columns (null: meta.json, else the frame width); "
+                                       "used only with spike_height")
     spike_frames: Optional[int] = Field(None, ge=1, description="spike frames per exposure (raw input; null: meta.json or the files)")
     use_ram_cache: bool = Field(True, description="LRU RAM cache of decoded frames (training set)")
     cache_size_gb: float = Field(1.0, ge=0.0, description="cache budget for all DataLoader workers of all local ranks together")
