@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any, Optional
 
@@ -96,9 +97,29 @@ def error_line(e: BaseException) -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    try:
+        code = _guarded_main(list(sys.argv[1:] if argv is None else argv))
+    except BaseException as e:
+        if not _joined_process_group():
+            raise
+        if isinstance(e, SystemExit):
+            code = e.code if isinstance(e.code, int) else 1
+        else:
+            traceback.print_exc()
+            code = 1
+    if _joined_process_group():  # a torchrun worker ends without the interpreter's teardown: see end_process
+        sys.modules["trainhub.training.distributed"].end_process(code)
+    return code
+
+
+def _joined_process_group() -> bool:
+    dist = sys.modules.get("trainhub.training.distributed")
+    return dist is not None and dist.joined()
+
+
+def _guarded_main(argv: list[str]) -> int:
     from trainhub.training.signals import Interrupted
 
-    argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return _main(argv)
     except BrokenPipeError:  # ``trainhub config sr3 | head``: the reader is gone, so is the rest of the output

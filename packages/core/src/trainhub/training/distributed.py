@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import sys
 from datetime import timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import torch.distributed as dist
@@ -40,10 +42,19 @@ def launched_by_torchrun() -> bool:
     return int(os.environ["WORLD_SIZE"]) > 1 or "TORCHELASTIC_RUN_ID" in os.environ
 
 
+_joined = False  # this process joined a process group (its backend's threads may outlive it: see end_process)
+
+
+def joined() -> bool:
+    return _joined
+
+
 def init(device: torch.device, timeout_s: float = 1800.0) -> None:
     """Join the process group torchrun describes (nccl on CUDA, gloo otherwise). No-op for one process."""
+    global _joined
     if not launched_by_torchrun() or dist.is_initialized():
         return
+    _joined = True
     backend = "nccl" if device.type == "cuda" else "gloo"
     kwargs: dict[str, Any] = {"backend": backend, "timeout": timedelta(seconds=timeout_s)}
     if device.type == "cuda":
@@ -54,6 +65,27 @@ def init(device: torch.device, timeout_s: float = 1800.0) -> None:
 def shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def end_process(code: int) -> NoReturn:
+    """End a process that joined a process group: destroy the group, run the ``atexit`` handlers and flush the
+    output while the interpreter is whole, then leave without tearing the interpreter and libtorch down.
+
+    Why: once a DistributedDataParallel has been built on a gloo group, torch keeps the group's backend alive
+    after ``destroy_process_group()`` and after the DDP module is gone (its two ``pt_gloo_runloop`` worker threads
+    and the ``gloo_tcp_loop`` thread were still running at exit, in trainhub and in a 10-line DDP script alike),
+    so a normal exit finalizes the interpreter and runs libtorch's static destructors with those threads live.
+    That teardown race is what aborted finished workers now and then ("terminate called without an active
+    exception", SIGABRT). Nothing is lost by skipping it: checkpoints, metrics and logs are closed and synced
+    by then, and Python's exit handlers have run."""
+    shutdown()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
 
 
 def barrier() -> None:
