@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import textwrap
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -13,14 +12,12 @@ def text_panel(texts: Sequence[str], width: int = 640, max_lines: int = 14) -> n
     from PIL import Image, ImageDraw, ImageFont
 
     font = ImageFont.load_default()
-    char_w = max(1.0, font.getlength("abcdefghij") / 10)
     line_h = 12
-    cols = max(10, int((width - 12) / char_w))
     boxes = []
     for text in texts:
         lines: list[str] = []
         for para in text.splitlines() or [""]:
-            lines += textwrap.wrap(para, cols, replace_whitespace=False, drop_whitespace=False) or [""]
+            lines += wrap_to_width(para, font, width - 12)
         if len(lines) > max_lines:
             lines = lines[: max_lines - 1] + ["[...]"]
         boxes.append(lines)
@@ -34,3 +31,22 @@ def text_panel(texts: Sequence[str], width: int = 640, max_lines: int = 14) -> n
             draw.text((6, y + 4 + j * line_h), line, fill=(0, 0, 0), font=font)
         y += len(lines) * line_h + 12
     return np.asarray(img)
+
+
+def wrap_to_width(text: str, font: Any, max_px: float) -> list[str]:
+    """Break ``text`` into lines no wider than ``max_px`` as ``font`` draws them: at the last space that fits, or
+    inside a word longer than a line (generations are often one long run of characters)."""
+    lines, line = [], ""
+    for ch in text:
+        if line and font.getlength(line + ch) > max_px:
+            cut = line.rfind(" ")
+            if cut > 0 and ch != " ":
+                lines.append(line[:cut])
+                line = line[cut + 1:]
+            else:
+                lines.append(line)
+                line = ""
+            if ch == " " and not line:
+                continue
+        line += ch
+    return lines + [line]

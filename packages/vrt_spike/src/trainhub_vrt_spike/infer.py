@@ -66,7 +66,7 @@ def restore_folder(model: nn.Module, config: Any, path: Path, out_dir: Path, max
             if not first:
                 sharp = torch.stack([torch.from_numpy(f[1]).float() / 255 for f in frames]).to(device) if has_sharp else out
                 first = (blur[0], out, sharp, spike[0])
-        save_png(out_dir / f"{seq.name}_strip.png", to_uint8_image(strip(*first), (0.0, 1.0)))
+        save_png(out_dir / f"{seq.name}_strip.png", strip(*first))
         msg = f"{seq.name}: {len(done)} frames restored -> {dest}"
         if scores:
             msg += f" (PSNR {sum(scores) / len(scores):.2f} dB)"

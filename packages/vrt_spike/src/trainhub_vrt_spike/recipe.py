@@ -18,13 +18,14 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 
 from trainhub import EvalContext, Recipe, StepContext, UserError
 from trainhub.kit.distill import init_from_teacher, load_teacher, spread_layers
-from trainhub.kit.media import make_grid
+from trainhub.kit.media import labelled_grid
 from trainhub_vrt_spike import seed_config
 from trainhub_vrt_spike.config import VRTSpikeConfig, cpu_count, local_processes
 from trainhub_vrt_spike.data import SpikeDeblurDataset, read_meta
@@ -339,11 +340,15 @@ class VRTSpikeRecipe(Recipe):
             print(f"{n:12s} {first}")
 
 
-def strip(blur: torch.Tensor, out: torch.Tensor, sharp: torch.Tensor, spike: torch.Tensor) -> torch.Tensor:
-    """(N, C, H, W) clips -> one image: rows of blurry input, restored, sharp target, spike firing rate."""
+def strip(blur: torch.Tensor, out: torch.Tensor, sharp: torch.Tensor, spike: torch.Tensor) -> np.ndarray:
+    """(N, C, H, W) clips -> one labelled picture: a column per frame, rows of blurry input, restored, sharp target
+    and spike firing rate (H x W x 3 uint8)."""
     rate = spike.float().mean(1, keepdim=True)
     rate = (rate / rate.amax().clamp_min(1e-6)).expand(-1, 3, -1, -1)
-    return make_grid(torch.cat([blur, out, sharp, rate]).float().cpu(), nrow=blur.shape[0])
+    frames = blur.shape[0]
+    return labelled_grid(torch.cat([blur, out, sharp, rate]).float().cpu(), frames,
+                         col_titles=[f"frame {i + 1}" for i in range(frames)],
+                         row_titles=["blurry", "restored", "sharp", "spike rate"], value_range=(0.0, 1.0))
 
 
 def describe_loader(config: VRTSpikeConfig) -> str:
