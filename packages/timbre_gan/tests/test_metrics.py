@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from trainhub_timbre_gan.metrics import log_spectral_distance, mrstft_distance, si_sdr
-from trainhub_timbre_gan.spectrogram import colorize, spectrogram_panels
+from trainhub_timbre_gan.spectrogram import colorize, spectrogram_grid, spectrogram_tiles
 
 
 def test_si_sdr_is_scale_invariant_and_matches_the_definition():
@@ -40,7 +40,11 @@ def test_mrstft_distance_is_per_example():
 
 def test_spectrogram_picture():
     waves = [torch.randn(8000) * 0.1, torch.zeros(8000), torch.sin(torch.arange(8000) * 0.3)]
-    img = spectrogram_panels(waves, ["a", "b", "c"], 16000)
-    assert img.dtype == np.uint8
-    assert img.ndim == 3 and img.shape[2] == 3 and img.shape[1] >= 600 and img.shape[0] == 3 * 257 + 2 * 3
+    tiles = spectrogram_tiles(waves)
+    assert all(t.shape == (257, 321, 3) and t.dtype == np.uint8 for t in tiles)  # hop 8000 // 320 = 25 -> 321 frames
+    assert (tiles[1] == [0, 0, 4]).all()  # silence is 80 dB below the loudest bin of the row: black
+    assert tiles[2].max() == 255 and tiles[2][::-1][int(0.3 / (2 * math.pi) * 512)].mean() > 200  # the sine's bin is bright
+    img = spectrogram_grid([waves, [w * 0.5 for w in waves]], ["degraded", "restored", "clean"], ["one", "two"])
+    assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3
+    assert img.shape[1] > 3 * 321 and img.shape[0] > 2 * 257  # tiles plus the titles
     assert colorize(np.array([0.0, 1.0])).tolist() == [[0, 0, 4], [255, 255, 255]]

@@ -172,39 +172,52 @@ class TimbreGANRecipe(Recipe):
     # ---- evaluation ----
     def evaluate(self, ctx: EvalContext) -> dict[str, float]:
         from trainhub_timbre_gan.metrics import log_spectral_distance, mrstft_distance, si_sdr
-        from trainhub_timbre_gan.spectrogram import spectrogram_panels
 
         cfg: TimbreGANConfig = ctx.config  # type: ignore[assignment]
         gen = ctx.models["generator"]
-        sr = cfg.data.sample_rate
         sums: dict[str, float] = {}
-        n = shown = 0
+        examples: list[dict[str, Any]] = []  # the first eval.media_examples pairs, for the wavs and the picture
+        n = 0
         for degraded, clean in ctx.data or []:
             degraded, clean = degraded.to(ctx.device), clean.to(ctx.device)
             with ctx.autocast():
                 restored = gen(degraded)
             restored = restored.float()
+            per: dict[str, torch.Tensor] = {}
             for name, x in (("degraded", degraded), ("restored", restored)):
                 for metric, values in (("mrstft", mrstft_distance(x, clean, cfg.loss.stft_resolutions)),
                                        ("lsd", log_spectral_distance(x, clean, cfg.eval.lsd_n_fft, cfg.eval.lsd_hop)),
                                        ("sisdr", si_sdr(x, clean))):
                     key = f"{metric}_{name}"
+                    per[key] = values
                     sums[key] = sums.get(key, 0.0) + float(values.sum())
             n += clean.shape[0]
-            while ctx.is_main and shown < min(cfg.eval.media_examples, n) and shown - (n - clean.shape[0]) < clean.shape[0]:
-                i = shown - (n - clean.shape[0])
-                waves = {"degraded": degraded[i, 0], "restored": restored[i, 0], "clean": clean[i, 0]}
-                for kind, wave in waves.items():
-                    ctx.media.audio(f"example{shown}_{kind}", wave.clamp(-1, 1).cpu(), sr, caption=kind)
-                ctx.media.image(f"example{shown}_spectrogram", spectrogram_panels(list(waves.values()), list(waves), sr),
-                                caption="degraded | restored | clean")
-                shown += 1
+            for i in range(min(clean.shape[0], cfg.eval.media_examples - len(examples)) if ctx.is_main else 0):
+                examples.append({"waves": {"degraded": degraded[i, 0].cpu(), "restored": restored[i, 0].cpu(), "clean": clean[i, 0].cpu()},
+                                 "sisdr": (float(per["sisdr_degraded"][i]), float(per["sisdr_restored"][i]))})
+        if examples:
+            self._write_media(ctx, examples, cfg.data.sample_rate)
         if not n:
             return {}
         out = {k: v / n for k, v in sums.items()}
         out["mrstft_gain"] = out["mrstft_degraded"] - out["mrstft_restored"]
         out["sisdr_gain"] = out["sisdr_restored"] - out["sisdr_degraded"]
         return out
+
+    @staticmethod
+    def _write_media(ctx: EvalContext, examples: list[dict[str, Any]], sr: int) -> None:
+        """``example<i>_{degraded,restored,clean}.wav`` and one picture, ``spectrograms.png``: an example per row,
+        degraded | restored | clean side by side, each row titled with its SI-SDR before and after."""
+        from trainhub_timbre_gan.spectrogram import spectrogram_grid
+
+        for i, ex in enumerate(examples):
+            for kind, wave in ex["waves"].items():
+                ctx.media.audio(f"example{i}_{kind}", wave.clamp(-1, 1), sr, caption=kind)
+        rows = [list(ex["waves"].values()) for ex in examples]
+        titles = [f"example {i}\n0-{sr / 2000:g} kHz\nSI-SDR (dB)\n{a:.1f} -> {b:.1f}" for i, ex in enumerate(examples)
+                  for a, b in [ex["sisdr"]]]
+        ctx.media.image("spectrograms", spectrogram_grid(rows, list(examples[0]["waves"]), titles),
+                        caption=f"step {ctx.step}: degraded | restored | clean, log spectrograms 0-{sr / 2000:g} kHz, one dB scale per row")
 
     # ---- commands ----
     def prepare(self, args: list[str]) -> None:

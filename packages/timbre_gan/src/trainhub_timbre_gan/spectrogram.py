@@ -1,4 +1,5 @@
-"""Spectrogram pictures (numpy + PIL, no plotting library): stacked panels with labels."""
+"""Spectrogram pictures (numpy + PIL, no plotting library): one labelled grid, an example per row,
+degraded | restored | clean side by side."""
 
 from __future__ import annotations
 
@@ -26,21 +27,21 @@ def spectrogram_db(wave: torch.Tensor, n_fft: int = 512, hop: int = 64) -> np.nd
     return (10.0 * torch.log10(spec.abs().pow(2).clamp_min(1e-10))).numpy()
 
 
-def spectrogram_panels(waves: Sequence[torch.Tensor], labels: Sequence[str], sample_rate: int, db_range: float = 80.0,
-                       n_fft: int = 512, width: int = 640) -> np.ndarray:
-    """One panel per wave (low frequencies at the bottom, about ``width`` frames wide), shared dB scale (top =
-    loudest bin of all), each labelled; returns ``H x W x 3`` uint8."""
-    from PIL import Image, ImageDraw
-
+def spectrogram_tiles(waves: Sequence[torch.Tensor], db_range: float = 80.0, n_fft: int = 512, width: int = 320) -> list[np.ndarray]:
+    """One colour spectrogram per wave (low frequencies at the bottom, about ``width`` frames wide) on a shared dB
+    scale (top = the loudest bin of them all, ``db_range`` dB down to black): ``freq x frames x 3`` uint8 each."""
     hop = max(1, min(n_fft // 2, waves[0].numel() // width))
     specs = [spectrogram_db(w, n_fft, hop) for w in waves]
     top = max(float(s.max()) for s in specs)
-    panels = []
-    for spec, label in zip(specs, labels):
-        img = colorize((spec[::-1] - (top - db_range)) / db_range)
-        pil = Image.fromarray(np.ascontiguousarray(img))
-        draw = ImageDraw.Draw(pil)
-        draw.text((4, 2), f"{label}  (0-{sample_rate // 2000} kHz)", fill=(255, 255, 255))
-        panels.append(np.asarray(pil))
-        panels.append(np.full((3, img.shape[1], 3), 255, dtype=np.uint8))
-    return np.concatenate(panels[:-1], axis=0)
+    return [colorize((spec[::-1] - (top - db_range)) / db_range) for spec in specs]
+
+
+def spectrogram_grid(rows: Sequence[Sequence[torch.Tensor]], col_titles: Sequence[str], row_titles: Sequence[str],
+                     db_range: float = 80.0, n_fft: int = 512) -> np.ndarray:
+    """Rows of waves (e.g. degraded, restored, clean of one example) as one labelled picture: column titles above,
+    row titles on the left, each row on its own shared dB scale. Returns ``H x W x 3`` uint8."""
+    from trainhub.kit.media import labelled_grid
+
+    tiles = [torch.from_numpy(np.ascontiguousarray(t)).permute(2, 0, 1).float() / 255.0
+             for row in rows for t in spectrogram_tiles(row, db_range, n_fft)]
+    return labelled_grid(tiles, ncol=len(rows[0]), col_titles=col_titles, row_titles=row_titles, value_range=(0.0, 1.0))
