@@ -133,7 +133,7 @@ class VRTSpikeData(Section):
     root: Optional[str] = Field(None, description="dataset root (<root>/<split>/<sequence>/{blur,sharp,spike|voxel}); null = embedded")
     train_split: str = Field("train", description="subfolder of root holding the training sequences")
     val_split: str = Field("val", description="GoPro+Spike calls it test")
-    seq_len: int = Field(4, ge=1, description="frames per clip")
+    seq_len: int = Field(2, ge=1, description="frames per clip")
     clip_stride: int = Field(1, ge=1, description="frames between training clip starts")
     train_crop_size: Optional[int] = Field(32, ge=8, description="random square crop for training (null: full frames)")
     val_crop_size: Optional[int] = Field(None, ge=8, description="centre crop for evaluation (null: full frames)")
@@ -175,8 +175,8 @@ class VRTSpikeConfig(RunConfig):
     model: VRTSpikeModel = VRTSpikeModel()
     data: VRTSpikeData = VRTSpikeData()
     train: VRTSpikeTrain = VRTSpikeTrain(
-        lr=4e-4, batch_size=2, max_steps=300, schedule="cosine", warmup_steps=20, eval_every=100, checkpoint_every=100,
-        log_every=10, best_metric="psnr", best_mode="max", ema=dict(decay=0.99),
+        lr=4e-4, batch_size=2, max_steps=2400, schedule="cosine", warmup_steps=20, eval_every=600, checkpoint_every=600,
+        log_every=50, best_metric="psnr", best_mode="max", ema=dict(decay=0.99),
     )
     loader: LoaderConfig = LoaderConfig(prefetch_factor=2)
     distill: DistillConfig = Field(default_factory=DistillConfig,
