@@ -264,6 +264,9 @@ def _launch_torchrun(args: argparse.Namespace) -> int:
 def cmd_runs(args: argparse.Namespace, rest: list[str]) -> int:
     from trainhub.observe.runs import find_runs, table
 
+    if not Path(args.dir).is_dir():
+        print(f"no runs under {args.dir} yet (runs are written to <output_dir>/<recipe>/<run>; --dir names another output_dir)")
+        return 0
     print(table(find_runs(Path(args.dir), args.recipe)))
     return 0
 

@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from trainhub.errors import UserError
-
 TAIL_BYTES = 1 << 16  # the end of metrics.jsonl holds the last step and the end record
 
 
@@ -92,8 +90,7 @@ def describe(run_dir: Path) -> RunRow:
 def find_runs(output_dir: Path, recipe: Optional[str] = None) -> list[RunRow]:
     """Every run directory (one with a config.yaml) under ``output_dir/<recipe>/``, newest first."""
     if not output_dir.is_dir():
-        raise UserError(f"no runs under {output_dir}: no such folder (runs are written to <output_dir>/<recipe>/<run>; "
-                        f"--dir names another output_dir)")
+        return []
     recipes = [output_dir / recipe] if recipe else sorted(p for p in output_dir.iterdir() if p.is_dir())
     rows = [describe(d) for r in recipes if r.is_dir() for d in r.iterdir() if (d / "config.yaml").is_file()]
     return sorted(rows, key=lambda row: row.updated, reverse=True)
