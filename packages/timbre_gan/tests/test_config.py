@@ -6,13 +6,24 @@ import pytest
 
 from trainhub.cli import main
 from trainhub.plugins import get_plugins
-from trainhub.resolve import shipped_configs
+from trainhub.resolve import resolve_config, shipped_configs
 
 
 def test_schema_and_shipped_configs(check_config_schema):
-    files = list(shipped_configs(get_plugins().recipe("timbre_gan")).values())
-    assert [f.stem for f in files] == ["wav_folder"]
-    check_config_schema("timbre_gan", files=files)
+    recipe = get_plugins().recipe("timbre_gan")
+    files = shipped_configs(recipe)
+    assert sorted(files) == ["default", "synth_full", "wav_folder"]
+    check_config_schema("timbre_gan", files=list(files.values()))
+    # default.yaml is the embedded run written out: the same config as no file at all
+    default = resolve_config(recipe, get_plugins(), None, [])
+    assert resolve_config(recipe, get_plugins(), str(files["default"]), []).model_dump() == default.model_dump()
+    # the full-scale settings: the whole degradation chain and the paper-style lr, EMA, L1 weight and schedule
+    for name in ("synth_full", "wav_folder"):
+        full = resolve_config(recipe, get_plugins(), str(files[name]), [])
+        chain = full.data.degrade
+        assert (chain.eq_max_gain_db, chain.bandlimit_prob, chain.compress_prob, chain.pink_prob, chain.snr_db) == (12.0, 0.6, 0.5, 0.5, (15.0, 40.0))
+        assert (full.train.lr, full.train.ema.decay, full.loss.l1, full.gan.warmup_epochs, full.gan.gan_start_epoch) == (2e-4, 0.99, 3.0, 5, 15)
+    assert resolve_config(recipe, get_plugins(), str(files["synth_full"]), []).train.max_steps == 600
 
 
 @pytest.mark.parametrize("override, message", [

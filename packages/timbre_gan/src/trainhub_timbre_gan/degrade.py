@@ -57,7 +57,7 @@ def sample_chain(cfg: "DegradeConfig", sample_rate: int, rng: np.random.Generato
         elif stage == "clip":
             chain.append({"op": "clip", "level": float(rng.uniform(*cfg.clip_level)), "soft": bool(rng.random() < 0.5)})
         else:
-            chain.append({"op": "noise", "snr_db": float(rng.uniform(*cfg.snr_db)), "pink": bool(rng.random() < 0.5),
+            chain.append({"op": "noise", "snr_db": float(rng.uniform(*cfg.snr_db)), "pink": bool(rng.random() < cfg.pink_prob),
                           "seed": int(rng.integers(0, 2**31 - 1))})
     return chain
 
