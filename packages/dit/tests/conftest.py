@@ -20,8 +20,9 @@ class MicroDiT:
         register("DiT-Micro/4", lambda **kw: DiT(depth=2, hidden_size=32, num_heads=2, patch_size=4, **kw))
 
 
-# 16x16 embedded images, a 2-block DiT, short schedules: a few seconds per run on one CPU core
-MICRO = ["model.name=DiT-Micro/4", "data.image_size=16", "data.num_samples=64", "model.diffusion_steps=100",
+# 16x16 embedded images of 4 classes, a 2-block DiT, short schedules, no class probe: a few seconds per run on one
+# CPU core
+MICRO = ["model.name=DiT-Micro/4", "model.num_classes=4", "data.image_size=16", "eval.probe_per_class=0", "data.num_samples=64", "model.diffusion_steps=100",
          "eval.steps=4", "eval.samples_per_class=2", "eval.val_batches=1", "train.batch_size=4",
          "train.gradient_accumulation_steps=2", "train.warmup_steps=2", "train.lr=1e-3", "train.ema.decay=0.9",
          "train.eval_every=0", "train.checkpoint_every=0", "train.checkpoint_every_epoch=false", "train.log_every=2",

@@ -23,17 +23,38 @@ def write_image(path, w: int, h: int, color: tuple[int, int, int]) -> None:
     Image.fromarray(arr).save(path)
 
 
-def test_embedded_classes_are_distinct_and_deterministic() -> None:
-    ds = EmbeddedShapes(8, 32, hflip=False)
-    items = [ds[i] for i in range(8)]
-    assert [int(it["y"]) for it in items] == [0, 1, 2, 3, 0, 1, 2, 3]
+def test_embedded_classes_differ_by_shape_not_colour() -> None:
+    ds = EmbeddedShapes(120, 32, hflip=False)
+    assert ds.classes == ("stripes", "square", "disc", "cross", "ring", "triangle")
+    items = [ds[i] for i in range(120)]
+    assert [int(it["y"]) for it in items[:8]] == [0, 1, 2, 3, 4, 5, 0, 1]
     assert items[0]["x"].shape == (3, 32, 32) and -1 <= items[0]["x"].min() and items[0]["x"].max() <= 1
     assert torch.equal(ds[5]["x"], items[5]["x"])
-    # the class colour dominates: red, green, blue, yellow (R+G) on average over the bright pixels
-    for it, channel in zip(items[:4], (0, 1, 2, 0)):
-        bright = it["x"][:, it["x"].max(0).values > 0.3]
-        assert bright.mean(1).argmax() == channel
     assert not torch.equal(EmbeddedShapes(8, 32, "val", hflip=False)[0]["x"], items[0]["x"])
+    fill: dict[int, list[float]] = {}
+    for it in items:
+        c, x = int(it["y"]), (it["x"] + 1) / 2
+        fg = x.max(0).values > 0.52  # the shape is bright (max channel >= 0.7), the background dark (<= 0.35)
+        rows, cols = fg.any(1).nonzero().flatten(), fg.any(0).nonzero().flatten()
+        box = fg[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+        fill.setdefault(c, []).append(float(box.float().mean()))
+        if c == 4:  # a ring's middle is background
+            cy, cx = (rows.min() + rows.max()) // 2, (cols.min() + cols.max()) // 2
+            assert not fg[cy, cx]
+        if c == 0:  # stripes cross the whole image in several bands
+            assert fg.all(1).sum() >= 4 and int((fg[1:, 0] != fg[:-1, 0]).sum()) >= 3
+    mean = {c: sum(v) / len(v) for c, v in fill.items()}
+    assert mean[1] > 0.9 and 0.7 < mean[2] < 0.85 and max(mean[3], mean[4], mean[5]) < 0.65  # bounding-box fill
+    # colour does not give the class away: every class comes in several dominant hues
+    for c in range(6):
+        hues = set()
+        for it in items[c::6]:
+            x = (it["x"] + 1) / 2
+            hues.add(int(x[:, x.max(0).values > 0.52].mean(1).argmax()))
+        assert len(hues) >= 2, ds.classes[c]
+    assert EmbeddedShapes(4, 16, num_classes=3).classes == ("stripes", "square", "disc")
+    with pytest.raises(UserError, match="model.num_classes=7 must be 1..6"):
+        EmbeddedShapes(4, 16, num_classes=7)
 
 
 def test_center_crop_keeps_the_middle_at_the_size() -> None:

@@ -21,19 +21,40 @@ from torch.utils.data import Dataset
 from trainhub import UserError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif")
-EMBEDDED_CLASSES = ("red disc", "green square", "blue stripes", "yellow ring")
+EMBEDDED_CLASSES = ("stripes", "square", "disc", "cross", "ring", "triangle")
 
 
 # ---- embedded: procedural class-conditional images ------------------------------------------------
 
+def _random_colours(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(foreground, background) RGB drawn independently of the class: a saturated bright colour of any hue on a dark
+    one of any hue, so that only the shape tells the classes apart."""
+
+    def hsv(h: float, s: float, v: float) -> np.ndarray:
+        k = (np.array([5.0, 3.0, 1.0]) + h * 6) % 6
+        return (v - v * s * np.clip(np.minimum(k, 4 - k), 0, 1)).astype(np.float32)
+
+    fg = hsv(rng.uniform(), rng.uniform(0.5, 1.0), rng.uniform(0.75, 1.0))
+    bg = hsv(rng.uniform(), rng.uniform(0.0, 0.6), rng.uniform(0.0, 0.3))
+    return fg, bg
+
+
 class EmbeddedShapes(Dataset):
-    """Four visually distinct classes drawn on the fly (deterministic per index and split):
-    0 red disc, 1 green square, 2 blue horizontal stripes, 3 yellow ring; position, size, colour and
-    background vary. Labels cycle 0, 1, 2, 3, ..."""
+    """Procedural classes that differ by shape alone (deterministic per index and split): 0 horizontal stripes,
+    1 square, 2 disc, 3 cross, 4 ring, 5 triangle (roughly the order in which a small DiT learns them, so that
+    ``num_classes=2`` or 3 keeps the easiest). Each image draws its colours (a bright foreground on a dark
+    background, any hue), position and size at random, independently of the class, so colour does not give the class
+    away. Edges are anti-aliased (4x4 supersampling). Labels cycle 0, 1, ..., ``num_classes`` - 1."""
 
     classes = EMBEDDED_CLASSES
 
-    def __init__(self, num_samples: int, image_size: int = 32, split: str = "train", hflip: bool = True, seed: int = 0) -> None:
+    def __init__(self, num_samples: int, image_size: int = 32, split: str = "train", hflip: bool = True, seed: int = 0,
+                 num_classes: Optional[int] = None) -> None:
+        k = len(EMBEDDED_CLASSES) if num_classes is None else num_classes
+        if not 1 <= k <= len(EMBEDDED_CLASSES):
+            raise UserError(f"the embedded data has {len(EMBEDDED_CLASSES)} classes ({', '.join(EMBEDDED_CLASSES)}); "
+                            f"model.num_classes={k} must be 1..{len(EMBEDDED_CLASSES)}")
+        self.classes = EMBEDDED_CLASSES[:k]
         self.num_samples, self.size, self.hflip = num_samples, image_size, hflip
         self.seed = seed * 2 + (0 if split == "train" else 1)
 
@@ -44,29 +65,31 @@ class EmbeddedShapes(Dataset):
         """(S, S, 3) float32 image in [0, 1] and its label."""
         label = index % len(self.classes)
         rng = np.random.default_rng([self.seed, index])
-        s = self.size
-        yy, xx = np.mgrid[0:s, 0:s].astype(np.float32) + 0.5
-        bg = rng.uniform(0.05, 0.3) * np.ones(3, np.float32) + rng.uniform(-0.04, 0.04, 3).astype(np.float32)
-        img = np.broadcast_to(bg, (s, s, 3)).copy()
-        jitter = rng.uniform(-0.1, 0.1, 3).astype(np.float32)
-        cx, cy = rng.uniform(0.35, 0.65, 2) * s
-        if label == 0:  # red disc
-            r = rng.uniform(0.18, 0.3) * s
-            mask = (xx - cx) ** 2 + (yy - cy) ** 2 <= r**2
-            img[mask] = np.array([0.9, 0.15, 0.12], np.float32) + jitter
-        elif label == 1:  # green square
-            h = rng.uniform(0.15, 0.27) * s
-            mask = (np.abs(xx - cx) <= h) & (np.abs(yy - cy) <= h)
-            img[mask] = np.array([0.15, 0.85, 0.2], np.float32) + jitter
-        elif label == 2:  # blue stripes over the whole image
-            period = rng.uniform(0.18, 0.28) * s
+        s, ss = self.size, 4  # supersampling factor
+        yy, xx = (np.mgrid[0 : s * ss, 0 : s * ss].astype(np.float32) + 0.5) / (s * ss)  # coordinates in [0, 1]
+        fg, bg = _random_colours(rng)
+        cx, cy = rng.uniform(0.46, 0.54, 2)  # near the middle: a tiny model learns where a shape is quickly
+        r = rng.uniform(0.26, 0.32)  # half the shape's extent
+        dx, dy = xx - cx, yy - cy
+        name = self.classes[label]
+        if name == "disc":
+            mask = dx**2 + dy**2 <= r**2
+        elif name == "square":
+            h = r * 0.85
+            mask = (np.abs(dx) <= h) & (np.abs(dy) <= h)
+        elif name == "triangle":  # apex up, base down: inside the base and the two slanted sides
+            mask = (dy <= 0.8 * r) & (2 * np.abs(dx) <= 1.1 * (dy + r))
+        elif name == "ring":
+            d = np.sqrt(dx**2 + dy**2)
+            mask = np.abs(d - 0.8 * r) <= 0.2 * r + 0.02
+        elif name == "cross":
+            w = 0.3 * r
+            mask = ((np.abs(dx) <= r) & (np.abs(dy) <= w)) | ((np.abs(dy) <= r) & (np.abs(dx) <= w))
+        else:  # stripes over the whole image
+            period = rng.uniform(0.2, 0.3)
             mask = np.sin(2 * math.pi * (yy + rng.uniform(0, period)) / period) > 0
-            img[mask] = np.array([0.15, 0.3, 0.95], np.float32) + jitter
-        else:  # yellow ring
-            r = rng.uniform(0.22, 0.32) * s
-            d = np.sqrt((xx - cx) ** 2 + (yy - cy) ** 2)
-            mask = np.abs(d - r) <= 0.07 * s
-            img[mask] = np.array([0.95, 0.85, 0.1], np.float32) + jitter
+        alpha = mask.reshape(s, ss, s, ss).mean((1, 3), dtype=np.float32)[..., None]
+        img = alpha * fg + (1 - alpha) * bg
         img += rng.normal(0, 0.02, img.shape).astype(np.float32)
         return np.clip(img, 0, 1), label
 

@@ -12,7 +12,7 @@ Schedules are computed in float64 and read out as float32 per step, as the refer
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+from typing import Callable, Iterable, Optional
 
 import torch
 from tqdm.auto import tqdm
@@ -179,14 +179,18 @@ class GaussianDiffusion:
         return terms
 
     def sample(self, model_fn: ModelFn, noise: torch.Tensor, sampler: str = "ddpm", clip: bool = False, eta: float = 0.0,
-               generator: Optional[torch.Generator] = None, progress: bool = False) -> torch.Tensor:
-        """Run the reverse process from ``noise`` (x_T) to x_0 with ancestral ("ddpm") or DDIM steps."""
+               generator: Optional[torch.Generator] = None,
+               progress: bool | Callable[..., Iterable[int]] = False) -> torch.Tensor:
+        """Run the reverse process from ``noise`` (x_T) to x_0 with ancestral ("ddpm") or DDIM steps. ``progress``:
+        True for a tqdm bar, or a wrapper ``progress(steps, desc, total)`` (an eval's ``ctx.progress``)."""
         if sampler not in ("ddpm", "ddim"):
             raise ValueError(f"unknown sampler {sampler!r}; allowed: ddpm, ddim")
         x = noise
         n, steps = x.shape[0], range(self.num_timesteps - 1, -1, -1)
         tmap = self.timestep_map.to(x.device)
-        for i in tqdm(steps, desc=f"sampling ({sampler})", disable=not progress, leave=False):
+        desc = f"sampling ({sampler})"
+        bar = progress(steps, desc, len(steps)) if callable(progress) else tqdm(steps, desc=desc, disable=not progress, leave=False)
+        for i in bar:
             t = torch.full((n,), i, device=x.device, dtype=torch.long)
             p = self.p_mean_variance(model_fn(x, tmap[t]).float(), x, t, clip)
             z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype) if i > 0 else None

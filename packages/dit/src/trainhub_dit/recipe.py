@@ -17,18 +17,19 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 
 from trainhub import EMAConfig, EvalContext, ForeignResume, Recipe, StepContext, UserError
-from trainhub.kit.media import make_grid
+from trainhub.kit.media import labelled_grid
 from trainhub_dit import compat
 from trainhub_dit.config import DiTConfig
-from trainhub_dit.data import EmbeddedShapes, ImageFiles, coco, custom_folder, image_folder
+from trainhub_dit.data import EMBEDDED_CLASSES, EmbeddedShapes, ImageFiles, coco, custom_folder, image_folder
 from trainhub_dit.diffusion import GaussianDiffusion, guided, linear_betas
 from trainhub_dit.latents import LatentShards, decode, encode, load_vae, precompute, read_index, vae_shape
-from trainhub_dit.metrics import fid, fid_unavailable
+from trainhub_dit.metrics import fid, fid_unavailable, probe_accuracy, train_probe
 
 # the official train.py updates its EMA every step at this decay (update_ema's default)
 OFFICIAL_EMA_DECAY = 0.9999
@@ -78,10 +79,12 @@ class DiTRecipe(Recipe):
         self._vaes: dict[tuple[str, str], nn.Module] = {}
         self._said: set[str] = set()
         self._ema_config: Optional[EMAConfig] = None
+        self._probe: Optional[tuple[nn.Module, float]] = None
 
     # ---- building ----
     def build_models(self, config: DiTConfig) -> dict[str, nn.Module]:
         self._said.clear()  # one-line notices (FID skipped, ...) are said once per run
+        self._probe = None
         self._ema_config = config.train.ema  # load_foreign continues an official EMA only where the run keeps one
         return {"model": build_dit(config)}
 
@@ -90,7 +93,8 @@ class DiTRecipe(Recipe):
         train = self._dataset(config, d.root, d.annotations, "train", d.hflip)
         val: Optional[Dataset] = None
         if d.source == "embedded":
-            val = EmbeddedShapes(256, d.image_size, "val", hflip=False, seed=config.train.seed)
+            val = EmbeddedShapes(256, d.image_size, "val", hflip=False, seed=config.train.seed,
+                                num_classes=config.model.num_classes)
         elif d.val_root:
             val = self._dataset(config, d.val_root, d.val_annotations, "val", False)
         labels = getattr(train, "labels", None)
@@ -103,7 +107,8 @@ class DiTRecipe(Recipe):
     def _dataset(self, config: DiTConfig, root: Optional[str], annotations: Optional[str], split: str, hflip: bool) -> Dataset:
         d = config.data
         if d.source == "embedded":
-            return EmbeddedShapes(d.num_samples or 8192, d.image_size, split, hflip=hflip, seed=config.train.seed)
+            return EmbeddedShapes(d.num_samples or 8192, d.image_size, split, hflip=hflip, seed=config.train.seed,
+                                  num_classes=config.model.num_classes)
         if not root:
             raise UserError(f"data.source={d.source} needs data.root{' (or data.val_root)' if split == 'val' else ''}")
         path = Path(root)
@@ -161,7 +166,7 @@ class DiTRecipe(Recipe):
     @torch.no_grad()
     def generate(self, net: nn.Module, config: DiTConfig, labels: torch.Tensor, steps: int, sampler: str, cfg_scale: float,
                  generator: torch.Generator, autocast: Callable[[], Any], vae_dir: Optional[str] = None,
-                 batch_size: int = 64, progress: bool = False, cfg_channels: Optional[int] = None) -> torch.Tensor:
+                 batch_size: int = 64, progress: bool | Callable[..., Any] = False, cfg_channels: Optional[int] = None) -> torch.Tensor:
         """Images in [-1, 1] on the CPU, one per label."""
         m = config.model
         if cfg_scale != 1.0 and m.class_dropout_prob <= 0:
@@ -206,13 +211,7 @@ class DiTRecipe(Recipe):
                 n += x.shape[0]
             metrics.update({f"val_{k}": v / max(n, 1) for k, v in sums.items()})
         if ctx.is_main:
-            classes = e.classes if e.classes is not None else list(range(min(cfg.model.num_classes, 8)))
-            labels = torch.tensor(classes, device=ctx.device).repeat_interleave(e.samples_per_class)
-            g = torch.Generator(ctx.device).manual_seed(cfg.train.seed)
-            scale = self._eval_cfg_scale(cfg)
-            imgs = self.generate(net, cfg, labels, e.steps, e.sampler, scale, g, ctx.autocast)
-            ctx.media.image("samples", make_grid(imgs, nrow=e.samples_per_class),
-                            caption=f"one row per class {classes}, cfg {scale}, {e.sampler} {e.steps} steps")
+            metrics.update(self._samples_and_probe(ctx, net))
         reason = fid_unavailable(e.fid_inception_weights)
         if reason:
             self.say_once(reason)
@@ -221,6 +220,100 @@ class DiTRecipe(Recipe):
         else:
             metrics["fid"] = self._fid(ctx, net)
         return metrics
+
+    def _samples_and_probe(self, ctx: EvalContext, net: nn.Module) -> dict[str, float]:
+        """The sample grid (one row per class, titled with the class name) and the class probe: generated images of
+        every class are classified by a small CNN trained on real images, so ``class_probe_acc`` says how often a
+        sample is recognisably of the class it was asked for (chance: 1 / num_classes); ``class_probe_real_acc`` is
+        the same probe on held-out real images, i.e. how far the probe itself can be trusted."""
+        cfg, e = ctx.config, ctx.config.eval
+        k = cfg.model.num_classes
+        classes = e.classes if e.classes is not None else list(range(min(k, 8)))
+        probe = self._probe_for(cfg) if self._probe_wanted(cfg) else None
+        gen = classes + ([c for c in range(k) if c not in classes] if probe else [])
+        per = max(e.samples_per_class, e.probe_per_class) if probe else e.samples_per_class
+        labels = torch.tensor(gen, device=ctx.device).repeat_interleave(per)
+        g = torch.Generator(ctx.device).manual_seed(cfg.train.seed)
+        scale = self._eval_cfg_scale(cfg)
+        imgs = self.generate(net, cfg, labels, e.steps, e.sampler, scale, g, ctx.autocast, batch_size=256,
+                             progress=ctx.progress)
+        blocks = imgs.view(len(gen), per, *imgs.shape[1:])
+        titles = self._titles(cfg, classes)
+        metrics: dict[str, float] = {}
+        caption = f"one row per class, cfg {scale}, {e.sampler} {e.steps} steps"
+        if probe is not None:
+            net_p, real_acc = probe
+            scored = blocks[:, : e.probe_per_class]
+            truth = torch.tensor(gen).repeat_interleave(e.probe_per_class)
+            with torch.no_grad():
+                pred = torch.cat([net_p(x).argmax(1) for x in scored.reshape(-1, *imgs.shape[1:]).split(256)])
+            hits = (pred == truth).view(len(gen), e.probe_per_class).sum(1).tolist()
+            metrics["class_probe_acc"] = sum(hits) / (len(gen) * e.probe_per_class)
+            metrics["class_probe_real_acc"] = real_acc
+            metrics["class_probe_chance"] = 1.0 / k
+            titles = [f"{t} {h}/{e.probe_per_class}" for t, h in zip(titles, hits)]
+            caption += (f"; row titles: samples the class probe recognises; class_probe_acc "
+                        f"{metrics['class_probe_acc']:.2f} (real held-out {real_acc:.2f}, chance {1 / k:.2f})")
+        grid = labelled_grid(blocks[: len(classes), : e.samples_per_class].reshape(-1, *imgs.shape[1:]),
+                             ncol=e.samples_per_class, row_titles=titles)
+        ctx.media.image("samples", grid, caption=caption)
+        return metrics
+
+    def _class_names(self, cfg: DiTConfig) -> tuple[str, ...]:
+        """Names of the labels where the data has them (embedded, class subfolders, latents' index), else ()."""
+        d = cfg.data
+        if d.source == "embedded":
+            return EMBEDDED_CLASSES[: cfg.model.num_classes]
+        if d.source == "latents" and d.root and Path(d.root).is_dir():
+            return tuple(read_index(d.root).get("classes") or ())
+        if d.source == "imagefolder" and d.root and Path(d.root).is_dir():
+            return tuple(sorted(p.name for p in Path(d.root).iterdir() if p.is_dir() and not p.name.startswith(".")))
+        return ()
+
+    def _titles(self, cfg: DiTConfig, labels: list[int]) -> list[str]:
+        names = self._class_names(cfg)
+        return [names[c] if c < len(names) else f"class {c}" for c in labels]
+
+    def _probe_wanted(self, cfg: DiTConfig) -> bool:
+        e, k = cfg.eval, cfg.model.num_classes
+        if e.probe_per_class == 0:
+            return False
+        why = ("latent space (the probe reads pixels)" if latent_mode(cfg) else
+               "unconditional data" if k < 2 else f"{k} classes (at most 100)" if k > 100 else "")
+        if why:
+            self.say_once(f"class probe skipped: {why}; eval.probe_per_class=0 turns it off")
+        return not why
+
+    def _probe_for(self, cfg: DiTConfig) -> tuple[nn.Module, float]:
+        """The class probe of this run, trained once (at the first eval) on ``eval.probe_train_images`` random real
+        training images, and its accuracy on held-out real images: the validation set, else a quarter of the drawn
+        training images kept out of its training. Leaves the global RNG untouched."""
+        if self._probe is None:
+            d, e = cfg.data, cfg.eval
+            train = self._dataset(cfg, d.root, d.annotations, "train", False)
+            rng = np.random.default_rng(cfg.train.seed)
+            if d.source == "embedded":
+                held: Dataset = EmbeddedShapes(max(e.probe_train_images // 4, 64), d.image_size, "val", hflip=False,
+                                               seed=cfg.train.seed, num_classes=cfg.model.num_classes)
+                pick, held_idx = rng.permutation(len(train))[: e.probe_train_images], np.arange(len(held))
+            elif d.val_root:
+                held = self._dataset(cfg, d.val_root, d.val_annotations, "val", False)
+                pick = rng.permutation(len(train))[: e.probe_train_images]
+                held_idx = rng.permutation(len(held))[: max(e.probe_train_images // 4, 64)]
+            else:
+                order = rng.permutation(len(train))[: e.probe_train_images + e.probe_train_images // 4]
+                cut = max(len(order) * 4 // 5, 1)
+                held, pick, held_idx = train, order[:cut], order[cut:]
+
+            def stack(ds: Dataset, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+                items = [ds[int(i)] for i in idx]
+                return torch.stack([it["x"] for it in items]), torch.stack([it["y"] for it in items])
+
+            x, y = stack(train, pick)
+            net = train_probe(x, y, cfg.model.num_classes, seed=cfg.train.seed)
+            real_acc = probe_accuracy(net, *stack(held, held_idx)) if len(held_idx) else float("nan")
+            self._probe = (net, real_acc)
+        return self._probe
 
     def _eval_cfg_scale(self, cfg: DiTConfig) -> float:
         """eval.cfg_scale, or 1 (with a notice) when the model has no null class to guide with."""
@@ -385,7 +478,7 @@ class DiTRecipe(Recipe):
     def sample(self, models: dict[str, nn.Module], config: DiTConfig, args: argparse.Namespace, out_dir: Path) -> None:
         import contextlib
 
-        from trainhub.kit.media import save_png, to_uint8_image
+        from trainhub.kit.media import save_png
         from trainhub.training.devices import select_precision
 
         e = config.eval
@@ -405,8 +498,12 @@ class DiTRecipe(Recipe):
         steps, cfg_scale = args.steps or e.steps, args.cfg_scale if args.cfg_scale is not None else e.cfg_scale
         imgs = self.generate(models["model"], config, labels, steps, args.sampler or e.sampler, cfg_scale, g, autocast,
                              args.vae, args.batch_size, progress=True, cfg_channels=args.cfg_channels)
-        nrow = args.per_class if args.per_class > 1 else min(len(classes), 8)
-        path = save_png(out_dir / "samples.png", to_uint8_image(make_grid(imgs, nrow=nrow)))
+        titles = self._titles(config, classes)
+        if args.per_class == 1 and len(classes) <= 8:  # one image per label in a row, titled above
+            grid = labelled_grid(imgs, ncol=len(classes), col_titles=titles)
+        else:  # one row per label, titled with its class
+            grid = labelled_grid(imgs, ncol=args.per_class, row_titles=titles)
+        path = save_png(out_dir / "samples.png", grid)
         (out_dir / "samples.json").write_text(json.dumps({"class_labels": classes, "per_class": args.per_class,
                                                           "cfg_scale": cfg_scale, "steps": steps, "seed": args.seed}, indent=2))
         print(f"{len(imgs)} samples ({steps} steps, cfg {cfg_scale}) -> {path}")
