@@ -21,15 +21,15 @@ def test_precompute_round_trip_and_training_on_shards(tmp_path, tiny_vae_dir, mi
     recipe = get_plugins().recipe("dit")
     out = tmp_path / "latents"
     recipe.command(["precompute-latents", "--out", str(out), "--batch-size", "5", "--shard-size", "8", "--device", "cpu",
-                    f"data.vae={tiny_vae_dir}", "data.image_size=16", "data.num_samples=12"])
+                    f"data.vae={tiny_vae_dir}", "data.image_size=16", "data.num_samples=12", "model.num_classes=4"])
     index = json.loads((out / "index.json").read_text())
     assert index["num_samples"] == 12 and index["channels"] == 4 and index["size"] == 8 and index["flips"] == 2
     assert [s["count"] for s in index["shards"]] == [10, 2] and index["scale"] == pytest.approx(0.18215)
-    assert index["classes"] == list(EmbeddedShapes.classes)
+    assert index["classes"] == list(EmbeddedShapes.classes[:4])
 
     # the stored posterior is the VAE's for the image and for its mirror image
     vae = load_vae(tiny_vae_dir, torch.device("cpu"))
-    img = EmbeddedShapes(12, 16, hflip=False)[11]
+    img = EmbeddedShapes(12, 16, hflip=False, num_classes=4)[11]
     mean, std = encode(vae, torch.stack([img["x"], img["x"].flip(-1)]))
     ds = LatentShards(out, hflip=True)
     from safetensors import safe_open

@@ -1,6 +1,6 @@
 """The ``dit`` recipe: class-conditional DiT training on the shared trainer, in pixel or latent space.
 
-    trainhub run dit                                        embedded: 4 procedural classes at 32x32, tiny DiT, CPU
+    trainhub run dit                                        embedded: 6 shape classes at 16x16, tiny DiT, CPU
     trainhub run dit --config dit_xl2_256 data.root=imagenet/train   the reference's setup (latents on the fly)
     trainhub dit precompute-latents --config cfg.yaml --out latents/      encode once (both flips), then
     trainhub run dit --config cfg.yaml data.source=latents data.root=latents/
