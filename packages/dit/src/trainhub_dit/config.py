@@ -58,7 +58,7 @@ class DiTEvalConfig(Section):
     probe_per_class: int = Field(8, ge=0, description="generated images per class scored by the class probe "
                                  "(class_probe_acc; 0 = off); pixel space, 2..100 classes")
     probe_train_images: int = Field(2048, ge=16, description="real training images the class probe (a small CNN "
-                                    "trained at the first eval) learns from; it is scored on as many held-out images")
+                                    "trained at the first eval) learns from; it is checked on a quarter as many held-out ones")
     val_batches: int = Field(8, ge=0, description="validation batches for val_loss (0 = all)")
     fid_inception_weights: Optional[str] = Field(None, description="local Inception-v3 weights file (torch-fidelity's); "
                                                  "FID is skipped without it")
