@@ -62,7 +62,7 @@ TIMBRE_DATA = ["data.synth.num_files=6", "data.synth.seconds=1.0", "data.val_eve
                "gan.gan_start_epoch=0", "gan.warmup_epochs=0"]  # the discriminator trains from the first step
 RECIPES: dict[str, tuple[list[str], list[str]]] = {
     "tiny": (["train.batch_size=64"], []),
-    "dit": (["train.batch_size=32"],  # DiT-Ti/4 on 32x32 images
+    "dit": (["train.batch_size=32"],  # the default: DiT-Ti/4 on 16x16 shapes
             ["model.name=DiT-Ti/8", "data.image_size=16", "data.num_samples=64", "model.diffusion_steps=100",
              "train.batch_size=4"]),
     "sr3": (["train.batch_size=16"],  # the 8 -> 32 UNet of width 32
