@@ -7,10 +7,11 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from trainhub import UserError
-from trainhub_sr3.data import EmbeddedPhotos, HRFolder, PairedFolder, prepare
+from trainhub_sr3.data import EmbeddedPhotos, HRFolder, PairedFolder, Shapes, prepare
 
 
 def _photos(folder, n=3, size=40):
@@ -29,11 +30,24 @@ def test_embedded_photos_are_real_and_paired():
     assert len(EmbeddedPhotos(8, 32, "val")) > 0
 
 
-@pytest.mark.parametrize("val_len, expected", [(3, 3), (-1, 40)])
-def test_val_len_limits_the_embedded_validation_tiles(val_len, expected):
+def test_shapes_are_fixed_in_validation_and_fresh_in_training():
+    val = Shapes(8, 32, "val", 4)
+    a, b = val[1], Shapes(8, 32, "val", 4)[1]
+    assert a["hr"].shape == (3, 32, 32) and a["sr"].shape == (3, 32, 32) and a["lr"].shape == (3, 8, 8)
+    assert torch.equal(a["hr"], b["hr"]) and not torch.equal(val[0]["hr"], a["hr"])
+    train = Shapes(8, 32, "train")
+    assert not torch.equal(train[0]["hr"], train[0]["hr"])
+    # flat shapes: most of bicubic's error is at their edges, where the LR still shows where they lie
+    hr, sr = a["hr"], a["sr"]
+    assert hr.std() > 0.1 and (hr - sr).abs().mean() > 0.01
+
+
+@pytest.mark.parametrize("source, val_len, expected", [("embedded", 3, 3), ("embedded", -1, 40), ("shapes", 5, 5),
+                                                      ("shapes", -1, 32)])
+def test_val_len_limits_the_embedded_validation_sets(source, val_len, expected):
     from trainhub_sr3.recipe import SR3Config, SR3Recipe
 
-    cfg = SR3Config.model_validate({"data": {"val_len": val_len}})
+    cfg = SR3Config.model_validate({"data": {"source": source, "val_len": val_len}})
     _, val = SR3Recipe().build_data(cfg)
     assert len(val) == expected
 

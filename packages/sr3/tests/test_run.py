@@ -20,11 +20,12 @@ def test_30_steps_resume_exactly_and_evaluate(tmp_path, tiny, interrupt_and_resu
     assert res.step == 30
     assert_same_weights(full.last_checkpoint, res.last_checkpoint)
     evals = [json.loads(x) for x in (res.run_dir / "metrics.jsonl").read_text().splitlines() if '"eval"' in x]
-    assert evals and {"psnr", "ssim", "psnr_bicubic", "psnr_gain"} <= set(evals[-1])
+    assert evals and {"psnr", "ssim", "psnr_bicubic", "psnr_gain", "psnr_mean", "consistency", "consistency_bicubic",
+                      "sharpness", "sharpness_bicubic"} <= set(evals[-1])
     grid = res.run_dir / "samples" / "step_0000030" / "lr_sr_hr.png"
-    assert grid.is_file() and Image.open(grid).size[0] > 3 * 16
+    assert grid.is_file() and Image.open(grid).size[0] > 5 * 128  # LR | bicubic | SR | mean of K | HR, 128 px tiles
     best = json.loads((res.run_dir / "best.json").read_text())
-    assert best["metric"] == "psnr"
+    assert best["metric"] == "psnr_mean"
 
     lr = tmp_path / "lr.png"
     Image.fromarray((torch.rand(6, 5, 3) * 255).byte().numpy()).save(lr)

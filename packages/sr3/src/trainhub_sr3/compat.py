@@ -421,7 +421,9 @@ def map_config(raw: dict[str, Any], path: Path) -> dict[str, Any]:
 
     mo = r.section(raw.pop("model", None), "model")
     model = out["model"]
-    model.update(reference_config=str(path), loss="l1", residual=False, prediction="eps", sampler="ancestral")
+    # eval: one sample per image as the reference validates (its val schedule; 100 steps where that is respaced)
+    model.update(reference_config=str(path), loss="l1", residual=False, prediction="eps", sampler="ancestral",
+                 eval_steps=100, eval_samples=1, zero_init_output=False)
     which = r.need(mo, "which_model_G", "model")
     if which is not None and which not in ("sr3", "ddpm"):
         r.bad.append(f"model.which_model_G={which} (the reference has sr3 and ddpm)")
@@ -491,14 +493,14 @@ def map_config(raw: dict[str, Any], path: Path) -> dict[str, Any]:
     r.rest(opt, "train.optimizer")
     # the reference's optimizer step: torch.optim.Adam(lr) with its defaults, no clipping, a constant lr
     train.update(optimizer="adam", weight_decay=0.0, betas=[0.9, 0.999], eps=1e-8, max_grad_norm=None, schedule="constant",
-                 warmup_steps=0, ema={"enabled": False})
+                 warmup_steps=0, min_lr_ratio=0.0, ema={"enabled": False})
     if "ema_scheduler" in tn:
         tn.pop("ema_scheduler")
         r.unused.append("train.ema_scheduler (the reference does not read it and keeps no EMA; neither does this run: "
                         "train.ema.enabled=true adds one)")
     r.rest(tn, "train")
-    if not model.get("conditional", True):
-        train["best_metric"] = None  # generation has no target to score
+    # the reference keeps the checkpoint of best single-sample PSNR; generation has no target to score
+    train["best_metric"] = "psnr" if model.get("conditional", True) else None
 
     wb = raw.pop("wandb", None)
     if isinstance(wb, dict) and wb.get("project"):

@@ -57,10 +57,18 @@ class SR3Model(Section):
     reference_config: Optional[str] = Field(None, description="the reference JSON this config was read from (set by --config "
                                             "FILE.json); reference weights take their norm_groups from it, else 32")
     unet: UNetConfig = UNetConfig()
+    zero_init_output: bool = Field(True, description="start the UNet's last convolution at zero (the first prediction is "
+                                   "0: bicubic, with model.residual); false: orthogonal like every other layer, as the "
+                                   "reference does (the small default then learnt nothing in 300 steps)")
     beta_schedule: BetaSchedules = BetaSchedules()
-    eval_steps: int = Field(100, ge=1, description="sampling steps for eval and inference (respaced)")
-    loss: Literal["l1", "l2"] = Field("l1", description="l1 (the reference's) or l2 between the UNet's output and its "
-                                      "target (see prediction), mean over pixels")
+    eval_steps: int = Field(20, ge=1, description="sampling steps for eval and inference (the train schedule respaced; "
+                            "the paper's: 100 and more)")
+    eval_samples: int = Field(4, ge=1, description="eval: samples drawn per validation image (K). psnr/ssim/consistency/"
+                              "sharpness average single samples; psnr_mean scores the mean of the K (the posterior-mean "
+                              "estimate)")
+    loss: Literal["l1", "l2"] = Field("l2", description="l2 or l1 (the reference's) between the UNet's output and its "
+                                      "target (see prediction), mean over pixels; l2 learns the sparse residual of the default "
+                                      "(l1's optimum there is 0 for most pixels)")
     prediction: Literal["eps", "x0", "v"] = Field("x0", description="what the UNet predicts: x0 (learns fastest on the small "
                                                    "default), eps (the reference's; its weights need it) or v")
     residual: bool = Field(True, description="diffuse HR minus the bicubic upsampling (SRDiff-style); false = the reference's "
@@ -73,8 +81,9 @@ class SR3Model(Section):
 
 
 class SR3Data(Section):
-    source: Literal["embedded", "paired", "lmdb", "folder"] = Field(
-        "embedded", description="embedded photos, prepared pairs (folders or the reference's LMDB), or any image folder")
+    source: Literal["shapes", "embedded", "paired", "lmdb", "folder"] = Field(
+        "shapes", description="shapes: procedural flat-coloured shapes (the CPU default); embedded: photographs "
+        "scikit-image ships (configs/photos.yaml); prepared pairs (folders or the reference's LMDB), or any image folder")
     root: Optional[str] = Field(None, description="paired: folder with hr_<R>/ sr_<r>_<R>/ lr_<r>/; lmdb: the LMDB folder "
                                 "(data.mdb); folder: HR images")
     val_root: Optional[str] = Field(None, description="validation data; default: a split of the embedded photos or none")
@@ -87,13 +96,14 @@ class SR3Data(Section):
     flips: bool = Field(True, description="random horizontal flips of the training pairs (never in validation)")
     on_error: Literal["skip", "stop"] = Field("skip", description="an unreadable image is skipped with a warning, or stops the run")
     train_len: int = Field(-1, description="use at most N training images (-1: all)")
-    val_len: int = Field(-1, description="evaluate on the first N validation images (-1: all; the embedded set has 40 tiles)")
+    val_len: int = Field(-1, description="evaluate on the first N validation images (-1: all; shapes: 32 fixed pictures, "
+                         "embedded: 40 photo tiles)")
 
 
 class SR3Config(RunConfig):
     model: SR3Model = SR3Model()
     data: SR3Data = SR3Data()
     train: TrainConfig = TrainConfig(
-        lr=2e-4, weight_decay=1e-2, batch_size=16, max_steps=1500, eval_every=500, checkpoint_every=500,
-        best_metric="psnr", best_mode="max", ema=dict(decay=0.995), log_every=25,
+        lr=1e-3, weight_decay=1e-2, batch_size=16, max_steps=1000, warmup_steps=50, schedule="cosine", min_lr_ratio=0.1,
+        eval_every=250, checkpoint_every=250, best_metric="psnr_mean", best_mode="max", ema=dict(decay=0.995), log_every=25,
     )

@@ -322,3 +322,57 @@ def open_image(path: Path) -> Optional[Image.Image]:
         return Image.open(path).convert("RGB")
     except Exception:
         return None
+
+
+def draw_shapes(rng: np.random.Generator, size: int, supersample: int = 4) -> Image.Image:
+    """One ``size`` x ``size`` RGB picture of 2-5 flat-coloured discs, ellipses, rotated rectangles and triangles
+    over a smooth two-colour gradient, drawn ``supersample`` times larger and box-filtered down (anti-aliased edges).
+
+    The detail bicubic upsampling misses is the edges, and where an edge lies is readable from the LR pixels
+    around it: a small model learns it in minutes, where the photographs' detail (texture, fur) is mostly
+    unpredictable from 8 x 8 pixels (their best mean estimate gains +0.6 dB over bicubic at that budget)."""
+    from PIL import ImageDraw
+
+    big = size * supersample
+    a, b = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+    angle = rng.uniform(0, 2 * np.pi)
+    yy, xx = np.mgrid[0:big, 0:big] / big
+    ramp = np.clip((xx - 0.5) * np.cos(angle) + (yy - 0.5) * np.sin(angle) + 0.5, 0, 1)[..., None]
+    canvas = Image.fromarray((a * (1 - ramp) + b * ramp).astype(np.uint8))
+    draw = ImageDraw.Draw(canvas)
+    for _ in range(int(rng.integers(2, 6))):
+        colour = tuple(int(v) for v in rng.integers(0, 256, 3))
+        cx, cy = rng.uniform(0.1, 0.9, 2) * big
+        r = rng.uniform(0.18, 0.34) * big
+        kind = int(rng.integers(0, 3))
+        if kind == 0:  # disc or ellipse
+            rx, ry = r, r * rng.uniform(0.5, 1.0)
+            draw.ellipse((cx - rx, cy - ry, cx + rx, cy + ry), fill=colour)
+        else:  # rotated rectangle (4 corners) or triangle (3)
+            n = 4 if kind == 1 else 3
+            turn = rng.uniform(0, 2 * np.pi)
+            corners = [turn + k * 2 * np.pi / n for k in range(n)]
+            stretch = rng.uniform(0.5, 1.0) if n == 4 else 1.0
+            pts = [(cx + r * np.cos(t), cy + r * stretch * np.sin(t)) for t in corners]
+            draw.polygon(pts, fill=colour)
+    return canvas.resize((size, size), Image.BOX)
+
+
+class Shapes(Dataset):
+    """Procedural pictures (:func:`draw_shapes`), degraded as every source is: bicubic down to ``l_res`` and up.
+
+    ``train``: a fresh picture per item, drawn from the host RNG (seeded by the trainer, so resume is exact);
+    the length only sets the epoch. ``val``: ``length`` fixed pictures, the same at every eval and in every run."""
+
+    def __init__(self, l_res: int, r_res: int, split: str, length: int = 0) -> None:
+        self.l_res, self.r_res, self.train = l_res, r_res, split == "train"
+        self.length = length or (2048 if self.train else 32)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        seed = random.getrandbits(63) if self.train else 1_000_003 + i
+        hr = draw_shapes(np.random.default_rng(seed), self.r_res)
+        lr, sr = degrade(hr, self.l_res, self.r_res)
+        return {"hr": to_tensor(hr), "sr": to_tensor(sr), "lr": to_tensor(lr)}

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Iterable, Optional, Union
 
 import numpy as np
 import torch
@@ -168,7 +168,7 @@ def sample(
     sampler: str = "ancestral",
     residual: bool = False,
     generator: Optional[torch.Generator] = None,
-    progress: bool = False,
+    progress: Union[bool, Callable[..., Iterable[int]]] = False,
     prediction: str = "eps",
     residual_scale: float = 1.0,
     temperature: float = 1.0,
@@ -180,7 +180,7 @@ def sample(
     ``sr=None`` with ``shape`` (B x C x H x W) and ``device``: unconditional generation.
 
     ``temperature`` scales the starting noise (and the ancestral sampler's fresh noise): 1 draws a sample
-    of the learnt posterior; lower values start closer to the mean (which did not raise PSNR on the embedded default)."""
+    of the learnt posterior; lower values start closer to the mean (which did not raise PSNR on the embedded photos)."""
     from tqdm.auto import tqdm
 
     if sr is None:
@@ -193,7 +193,9 @@ def sample(
     x = (temperature * torch.randn(sr.shape, generator=generator, device="cpu")).to(sr.device, sr.dtype)
     k = residual_scale
     steps = range(schedule.steps - 1, -1, -1)
-    for t in tqdm(steps, desc="sampling", disable=not progress, leave=False):
+    # progress: a tqdm bar when true; a callable such as EvalContext.progress wraps the steps itself
+    loop = progress(steps, "sampling", len(steps)) if callable(progress) else tqdm(steps, desc="sampling", disable=not progress, leave=False)
+    for t in loop:
         level = torch.full((sr.shape[0],), schedule.sqrt_alphas_cumprod_prev[t + 1], dtype=torch.float64)
         cond = torch.full((sr.shape[0],), float(schedule.timesteps[t])) if discrete else level.float()
         out = net(torch.cat([sr, x], dim=1) if conditional else x, cond.to(sr.device))

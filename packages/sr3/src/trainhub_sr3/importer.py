@@ -47,10 +47,11 @@ def inferred_overrides(w: compat.ReferenceWeights, l_res: int, r_res: int) -> tu
             "noise_encoding": "sqrt_gamma", "dropout": 0.0}
     overrides = {
         "model": {"network": w.network, "conditional": conditional, "unet": unet, "prediction": "eps", "residual": False,
-                  "sampler": "ancestral", "loss": "l1", "beta_schedule": {"train": sched, "val": sched}},
-        "data": {"l_resolution": l_res, "r_resolution": r_res},
+                  "sampler": "ancestral", "loss": "l1", "beta_schedule": {"train": sched, "val": sched},
+                  "eval_steps": 100, "eval_samples": 1, "zero_init_output": False},
+        "data": {"source": "embedded", "l_resolution": l_res, "r_resolution": r_res},
         "train": {"optimizer": "adam", "weight_decay": 0.0, "max_grad_norm": None, "ema": {"enabled": False},
-                  **({} if conditional else {"best_metric": None})},
+                  "schedule": "constant", "warmup_steps": 0, "min_lr_ratio": 0.0, "best_metric": "psnr" if conditional else None},
     }
     line = (f"reference settings applied: network {w.network}, {'super-resolution ' + str(l_res) + '->' + str(r_res) if conditional else 'unconditional ' + str(r_res) + 'px'} "
             f"(--sizes), noise_encoding sqrt_gamma, prediction eps, residual false, sampler ancestral, norm_groups "
