@@ -553,7 +553,7 @@ def percent(v: Optional[float]) -> str:
 def child_env(work: Path, threads: Optional[int]) -> dict[str, str]:
     """The environment of a check's commands: this checkout's sources first, data caches in the check's own folder
     (two runs of one recipe may prepare the same data at the same time), no inherited torchrun variables."""
-    dropped = ("TRAINHUB_CACHE", "TRAINHUB_CACHE_DIR", "RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    dropped = ("TRAINHUB_CACHE", "RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
     env = {k: v for k, v in os.environ.items() if k not in dropped}
     sources = [str(p) for p in sorted((ROOT / "packages").glob("*/src"))]
     env["PYTHONPATH"] = os.pathsep.join(sources + [env["PYTHONPATH"]] if env.get("PYTHONPATH") else sources)

@@ -126,7 +126,7 @@ class EmbeddedData(Section):
     noise_std: float = Field(0.02, ge=0.0, description="std of the Gaussian noise added to each accumulator per spike frame")
     max_speed: float = Field(10.0, ge=0.0, description="camera speed per axis, pixels per frame")
     seed: int = Field(0, description="seeds the simulation (camera motions, spike accumulators and noise)")
-    dir: Optional[str] = Field(None, description="where to generate it (default $TRAINHUB_CACHE_DIR/vrt_spike or ~/.cache/trainhub/vrt_spike)")
+    dir: Optional[str] = Field(None, description="where to generate it (default $TRAINHUB_CACHE/vrt_spike, else ~/.cache/trainhub/vrt_spike, as every recipe caches)")
 
 
 class VRTSpikeData(Section):
@@ -175,7 +175,7 @@ class VRTSpikeConfig(RunConfig):
     model: VRTSpikeModel = VRTSpikeModel()
     data: VRTSpikeData = VRTSpikeData()
     train: VRTSpikeTrain = VRTSpikeTrain(
-        lr=4e-4, batch_size=2, max_steps=2400, schedule="cosine", warmup_steps=20, eval_every=600, checkpoint_every=600,
+        lr=4e-4, batch_size=2, max_steps=1500, schedule="cosine", warmup_steps=20, eval_every=500, checkpoint_every=500,
         log_every=50, best_metric="psnr", best_mode="max", ema=dict(decay=0.99),
     )
     loader: LoaderConfig = LoaderConfig(prefetch_factor=2)

@@ -195,8 +195,8 @@ def generate(
 
 
 def cache_root() -> Path:
-    """Where generated embedded datasets live: ``$TRAINHUB_CACHE_DIR/vrt_spike`` or ``~/.cache/trainhub/vrt_spike``."""
-    base = os.environ.get("TRAINHUB_CACHE_DIR") or os.path.join(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache", "trainhub")
+    """Where generated embedded datasets live: ``$TRAINHUB_CACHE/vrt_spike`` (the cache variable every recipe reads) or ``~/.cache/trainhub/vrt_spike``."""
+    base = os.environ.get("TRAINHUB_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache", "trainhub")
     return Path(base) / "vrt_spike"
 
 
