@@ -301,3 +301,19 @@ def test_foreign_resume_restores_the_ema_it_is_given(tmp_path, quiet, capsys, wi
     out = capsys.readouterr().out
     assert ("(weights, ema, step)" in out) == with_ema
     assert ("EMA of model restarted" in out) == (not with_ema)
+
+
+def test_the_tiny_default_learns_far_below_predicting_zero(tmp_path):
+    """The built-in example's default run, as `trainhub run tiny` runs it: val_mse falls at every eval and ends far
+    below what predicting zero scores on the same validation set."""
+    from trainhub.builtin.tiny import TinyRecipe
+    from trainhub.plugins import get_plugins
+    from trainhub.resolve import resolve_config
+
+    config = resolve_config(get_plugins().recipe("tiny"), get_plugins())
+    _, val = TinyRecipe().build_data(config)
+    zero = float(val.y.pow(2).mean())
+    res = train("tiny", overrides=["loggers.console.progress_bar=false", "loader.num_workers=0"], run_dir=tmp_path / "r")
+    scores = [r["val_mse"] for r in map(json.loads, (res.run_dir / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "eval"]
+    assert len(scores) >= 3 and all(b < a for a, b in zip(scores, scores[1:])), scores
+    assert scores[-1] < 0.2 * zero, (scores, zero)
