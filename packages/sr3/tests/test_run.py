@@ -52,3 +52,12 @@ def test_two_runs_in_one_process_each_train_on_their_own_schedule(tmp_path, tiny
                                        f"model.beta_schedule.train.n_timestep={n}"], run_dir=tmp_path / f"n{n}")
     (first, n_first), (second, n_second) = seen
     assert (n_first, n_second) == (100, 50) and first is not second
+
+
+def test_an_unconditional_run_writes_a_titled_grid_of_generated_images(tmp_path, tiny):
+    ov = tiny + ["model.conditional=false", "model.unet.in_channel=3", "model.residual=false", "train.max_steps=2",
+                 "train.eval_every=2", "train.best_metric=null"]
+    res = train("sr3", overrides=ov, run_dir=tmp_path / "r")
+    grid = Image.open(res.run_dir / "samples" / "step_0000002" / "samples.png")
+    # 4 generated 16 px images, enlarged to 128 px tiles in one row, with a title band above them
+    assert grid.size[0] >= 4 * 128 and grid.size[1] > 128

@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from trainhub import EvalContext, ForeignResume, Recipe, StepContext, UserError
-from trainhub.kit.media import labelled_grid, make_grid
+from trainhub.kit.media import labelled_grid
 from trainhub_sr3 import compat
 from trainhub_sr3.config import SR3Config, SR3Data, SR3Model
 from trainhub_sr3.data import (
@@ -249,7 +249,9 @@ class SR3Recipe(Recipe):
         g = torch.Generator().manual_seed(0)
         with ctx.autocast():
             out = generate(ctx.models["model"], m, sched, n, m.sampler, g, m.temperature, ctx.device)
-        ctx.media.image("samples", make_grid(out.cpu(), nrow=min(n, 8)), caption=f"{n} generated images")
+        ncol = min(n, 8)
+        grid = labelled_grid(out.cpu().float(), ncol=ncol, col_titles=[f"sample {i + 1}" for i in range(ncol)], min_tile=128)
+        ctx.media.image("samples", grid, caption=f"{n} generated images (unconditional)")
         return {}
 
     def noise_schedule(self, models: dict[str, nn.Module]) -> Optional[dict[str, torch.Tensor]]:
