@@ -116,7 +116,11 @@ def train_probe(images: torch.Tensor, labels: torch.Tensor, num_classes: int, st
 
 
 @torch.no_grad()
+def probe_predictions(net: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The probe's class for each of ``images`` (``num_classes`` = "no class"), 256 images at a time."""
+    return torch.cat([net(x.float()).argmax(1) for x in images.split(256)])
+
+
 def probe_accuracy(net: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
     """Fraction of ``images`` that the probe assigns to their ``labels`` (a "no class" verdict counts as wrong)."""
-    pred = torch.cat([net(x.float()).argmax(1) for x in images.split(256)])
-    return float((pred == labels).float().mean())
+    return float((probe_predictions(net, images) == labels).float().mean())

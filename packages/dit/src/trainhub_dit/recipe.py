@@ -29,7 +29,7 @@ from trainhub_dit.config import DiTConfig
 from trainhub_dit.data import EMBEDDED_CLASSES, EmbeddedShapes, ImageFiles, coco, custom_folder, image_folder
 from trainhub_dit.diffusion import GaussianDiffusion, guided, linear_betas
 from trainhub_dit.latents import LatentShards, decode, encode, load_vae, precompute, read_index, vae_shape
-from trainhub_dit.metrics import fid, fid_unavailable, probe_accuracy, train_probe
+from trainhub_dit.metrics import fid, fid_unavailable, probe_accuracy, probe_predictions, train_probe
 
 # the official train.py updates its EMA every step at this decay (update_ema's default)
 OFFICIAL_EMA_DECAY = 0.9999
@@ -245,8 +245,7 @@ class DiTRecipe(Recipe):
             net_p, real_acc = probe
             scored = blocks[:, : e.probe_per_class]
             truth = torch.tensor(gen).repeat_interleave(e.probe_per_class)
-            with torch.no_grad():
-                pred = torch.cat([net_p(x).argmax(1) for x in scored.reshape(-1, *imgs.shape[1:]).split(256)])
+            pred = probe_predictions(net_p, scored.reshape(-1, *imgs.shape[1:]))
             hits = (pred == truth).view(len(gen), e.probe_per_class).sum(1).tolist()
             metrics["class_probe_acc"] = sum(hits) / (len(gen) * e.probe_per_class)
             metrics["class_probe_real_acc"] = real_acc

@@ -15,7 +15,7 @@ import torch
 
 from trainhub.errors import UserError
 from trainhub.observe.system import _process
-from trainhub.training.data import auto_workers, cpu_count, cpu_threads
+from trainhub.training.data import auto_workers, cpu_count, cpu_threads, oversubscribed
 
 GiB = 2**30
 
@@ -38,7 +38,7 @@ def report(dataset: str | None = None, cache_gb: float = 0.0, num_workers: int |
     how = f"training on the CPU uses {cpu_threads(1, workers)} threads and {workers} loader workers" if on_cpu else \
         f"{workers} loader workers per GPU process"
     lines.append(f"cpus     {cpus} usable (load average {load:.1f}); {how}")
-    if load > cpus + 0.5:
+    if oversubscribed(load, cpus):
         lines.append(f"WARNING  the machine is oversubscribed: load {load:.1f} on {cpus} CPUs; other processes compete for "
                      "the cores and steps run slower and unevenly (lower their threads or wait)")
     disk = shutil.disk_usage(os.getcwd())

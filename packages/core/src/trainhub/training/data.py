@@ -123,6 +123,12 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+def oversubscribed(load: float, cpus: int) -> bool:
+    """A load average above the usable CPUs by more than half a process: other processes compete for the cores,
+    and a run's steps go slower and unevenly (the trainer warns at start-up, ``trainhub doctor`` says so)."""
+    return load > cpus + 0.5
+
+
 def auto_workers(local_world_size: int = 1, cpu_training: bool = False) -> int:
     """``loader.num_workers: auto``. With a GPU: ``cpus // processes - 1``, at most 8 (one core per process runs the
     step). Training on the CPU, the step wants the cores too: no worker up to 2 cores per process (loading in-process

@@ -28,6 +28,11 @@ def training_state(t: Trainer) -> dict[str, Any]:
     }
 
 
+def _saved_models(t: Trainer) -> dict[str, Any]:
+    """The models a checkpoint holds: every model but the frozen ones (a distillation teacher is never saved)."""
+    return {n: m for n, m in t.raw_models.items() if n not in t.frozen}
+
+
 def load(t: Trainer, directory: Path) -> None:
     """Resume exactly from a checkpoint of this run (or one like it: same world size, batch and accumulation)."""
     state = ckpt.read_state(directory)
@@ -40,7 +45,7 @@ def load(t: Trainer, directory: Path) -> None:
                 f"cannot resume {directory} exactly: it was saved with {key}={state[key]}, this run has {now}; "
                 f"resume with the same {key} (start a new run with the checkpoint as init weights otherwise)"
             )
-    ckpt.load_models(directory, t.strategy.whole({n: m for n, m in t.raw_models.items() if n not in t.frozen}))
+    ckpt.load_models(directory, t.strategy.whole(_saved_models(t)))
     for name, ema in t.strategy.whole(t.emas).items():
         saved = ckpt.load_ema(directory, name)
         if saved is not None:
@@ -107,7 +112,7 @@ def save(t: Trainer, name: Optional[str] = None, is_best: bool = False) -> Optio
 def _save(t: Trainer, name: str, is_best: bool) -> Optional[Path]:
     t.saved_step = t.step
     root = t.run_dir / "checkpoints"
-    models = {n: m for n, m in t.raw_models.items() if n not in t.frozen}
+    models = _saved_models(t)
     bad = ckpt.nonfinite(ckpt.state_groups(models, t.emas, t.optimizers))
     if t.strategy.anywhere(bool(bad)) and not bad:
         bad = {"a shard on another rank": "?"}
@@ -125,8 +130,7 @@ def _save(t: Trainer, name: str, is_best: bool) -> Optional[Path]:
             optim_state = {"optimizers": t.strategy.optimizer_states(t.optimizers),
                            "schedulers": {n: s.state_dict() for n, s in t.schedulers.items()},
                            "scaler": t.scaler.state_dict() if t.scaler is not None else {}}
-            models = t.strategy.whole({n: m for n, m in t.raw_models.items() if n not in t.frozen})
-            ckpt.save_main(tmp, models, t.strategy.whole(t.emas), optim_state, training_state(t))
+            ckpt.save_main(tmp, t.strategy.whole(models), t.strategy.whole(t.emas), optim_state, training_state(t))
             path = ckpt.commit(root, name)
     if t.is_main:
         if is_best:

@@ -32,7 +32,7 @@ from trainhub.plugins import Plugins
 from trainhub.recipe import EvalContext, OptimizerSpec, Recipe, StepContext
 from trainhub.training import autobatch, flops, optim, signals, state
 from trainhub.training import distributed as dist
-from trainhub.training.data import build_loader, cpu_count, sample_seed
+from trainhub.training.data import build_loader, cpu_count, oversubscribed, sample_seed
 from trainhub.training.devices import amp_dtype, autocast, checkpoint_blocks, select_precision, to_device
 from trainhub.training.ema import EMA
 from trainhub.training.fsdp import FSDPStrategy
@@ -99,7 +99,7 @@ class Trainer:
         self.pin = (self.device.type == "cuda") if cfg.loader.pin_memory is None else cfg.loader.pin_memory
         self.start_warnings: list[tuple[str, str, dict[str, Any]]] = []  # reported through the hook once the run starts
         self._build_train_loader(train_ds, warn=lambda m, d: self.start_warnings.append(("shm", m, d)))
-        if self.device.type == "cpu" and (load := os.getloadavg()[0]) > cpu_count() + 0.5:
+        if self.device.type == "cpu" and oversubscribed(load := os.getloadavg()[0], cpu_count()):
             self.start_warnings.append(("cpu", f"load average {load:.1f} on {cpu_count()} CPUs: other processes compete for "
                                         f"the cores, so steps run slower and unevenly (trainhub doctor shows it)",
                                         {"load_average": load, "cpus": cpu_count(), "threads": torch.get_num_threads()}))
