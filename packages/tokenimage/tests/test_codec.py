@@ -54,12 +54,13 @@ def test_round_trip_hf_tokenizer(hf_tokenizer_file):
 
 
 def test_capacity_arithmetic():
-    assert TokenCodec(262).capacity == 32 * 32
+    assert TokenCodec(262).capacity == 16 * 16 and TokenCodec(262).cells == 48  # the default 4x4-pixel block
+    assert TokenCodec(262, 64, 3, (2, 2), 4).capacity == 32 * 32
     c = TokenCodec(262, 64, 3, (2, 4), 4)
     assert c.capacity == 32 * 16 and c.cells == 24 and c.digits == 5  # 4**4 = 256 < 262 <= 4**5
     assert TokenCodec(256, 64, 1, (1, 1), 256).capacity == 4096
     assert TokenCodec(50_000, 64, 3, (2, 2), 4).digits == 8  # 4**8 = 65536
-    assert "capacity 1024 tokens" in TokenCodec(262).describe()
+    assert "capacity 256 tokens" in TokenCodec(262).describe()
     with pytest.raises(UserError, match="digits"):
         TokenCodec(262, 64, 1, (1, 2), 4)  # 5 digits need 5 cells, a 1x2x1 block has 2
     with pytest.raises(UserError, match="divide"):
@@ -99,7 +100,7 @@ def test_nearest_valid_code_under_noise():
 
 
 def test_valid_code_flag():
-    codec = TokenCodec(262)
+    codec = TokenCodec(262, 64, 3, (2, 2), 4)  # 1024 blocks: room for every id
     image, mask = codec.encode(list(range(262)))
     assert codec.is_valid_code(image)[:262].all()
     assert not codec.is_valid_code(torch.ones_like(image)).any()  # all digits 3 = id 1023, not a token
@@ -107,7 +108,7 @@ def test_valid_code_flag():
 
 def test_png_round_trip(tmp_path):
     codec = TokenCodec(262)
-    ids = torch.randint(0, 262, (300,))
+    ids = torch.randint(0, 262, (200,))
     image, mask = codec.encode(ids)
     save_token_png(tmp_path / "x.png", image, mask)
     image2, mask2 = load_token_png(tmp_path / "x.png")

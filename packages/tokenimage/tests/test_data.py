@@ -21,9 +21,9 @@ def test_pack_and_split():
 
 
 def test_plain_text_long_document_fills_consecutive_images(tmp_path):
-    text = "".join(f"line {i}: Grüße 🐍\n" for i in range(120))  # ~2800 bytes > one 1024-token image
+    text = "".join(f"line {i}: Grüße 🐍\n" for i in range(120))  # ~2800 bytes > two 1024-token images (2x2 blocks)
     (tmp_path / "doc.txt").write_text(text, encoding="utf-8")
-    ds = TokenImageDataset(str(tmp_path / "doc.txt"), img_size=64)
+    ds = TokenImageDataset(str(tmp_path / "doc.txt"), img_size=64, block=(2, 2))
     assert len(ds) == 3 and "clean" in ds[0] and "condition" not in ds[0]
     items = [ds[i] for i in range(len(ds))]
     assert all(x["clean"].shape == (3, 64, 64) and x["mask"].shape == (1, 64, 64) for x in items)
@@ -41,7 +41,7 @@ def test_jsonl_text_and_messages_without_template(tmp_path):
     assert decode_item(ds, ds[0]) == "<|bos|>first document<|eos|>"
     assert decode_item(ds, ds[1]) == "<|bos|><|user|>hi?<|assistant|>hello<|eos|>"
     n = len("first document") + 2
-    assert int(ds.codec.block_mask(ds[0]["mask"]).sum()) == n and int(ds[0]["mask"].sum()) == 4 * n  # 2x2 pixels each
+    assert int(ds.codec.block_mask(ds[0]["mask"]).sum()) == n and int(ds[0]["mask"].sum()) == 16 * n  # 4x4 pixels each
     packed = TokenImageDataset(str(f), max_tokens=200, packing="pack")
     assert len(packed) == 1
 

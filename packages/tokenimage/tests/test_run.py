@@ -24,21 +24,25 @@ def records(run_dir: Path, kind: str) -> list[dict]:
     return [r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if r.get("kind") == kind]
 
 
-def test_token_accuracy_at_low_noise_rises_above_chance(tmp_path, tiny):
-    res = train("tokenimage", overrides=tiny + ["train.max_steps=80", "train.eval_every=80"], run_dir=tmp_path / "run")
+def test_a_short_run_reads_noisy_tokens_and_writes_words(tmp_path, tiny):
+    """Learning direction on a shortened run of a smaller model, scored by the recipe's own eval (the full margin
+    belongs to the measured default run, README): the one-shot reading at t = 0.5 beats decoding the noisy image
+    and beats the likelihood with no context, and the generations hold more dictionary words than random streams
+    with the same letter frequencies."""
+    short = [x for x in tiny if not x.startswith(("model.sample_steps", "data.eval_samples", "train.log_every"))]
+    res = train("tokenimage", overrides=short + ["train.lr=3e-3", "train.max_steps=250",
+                                                  "train.eval_every=250", "train.log_every=50", "data.eval_samples=4"],
+                run_dir=tmp_path / "run")
     assert res.status == "completed"
     m = records(res.run_dir, "eval")[-1]
     print({k: round(v, 3) for k, v in m.items() if isinstance(v, float)})
-    # the issue's check: at a low noise level (t = 0.1) the one-shot prediction beats the best constant guess
-    assert m["token_acc_t10"] > m["acc_chance"] + 0.1
-    # and it learned: the untrained model (skip parameterization, output layer zero) scores on this data
-    # val_loss 0.203, token_acc_t50 0.044 (below decoding the noisy input, 0.073), valid_frac_t50 0.066;
-    # after 80 steps about 0.117, 0.099 and 0.94
-    assert m["val_loss"] < 0.15
-    assert m["token_acc_t50"] > m["noisy_acc_t50"] + 0.015
-    assert m["valid_frac_t50"] > 0.5 and m["valid_frac_t10"] > 0.9
-    assert 0 <= m["gen_unigram_tv"] <= 1 and 0 <= m["gen_bigram_hit"] <= 1  # the 2 generations vs val text
-    shots = res.run_dir / "samples" / "step_0000080"
+    assert m["token_acc_t10"] > 0.99  # the likelihood skip reads almost clean blocks exactly
+    # decoding the noisy image reads about 0.28 at t = 0.5, the likelihood with the token frequencies about 0.61;
+    # measured here: 0.70, and words 0.20 against 0.025 for the random streams (43 s on one core)
+    assert m["token_acc_t50"] > m["noisy_acc_t50"] + 0.3 and m["token_acc_t50"] > 0.64
+    assert m["gen_word_hit"] > m["gen_word_hit_random"] + 0.08
+    assert 0 <= m["gen_unigram_tv"] <= 1 and 0 <= m["gen_bigram_hit"] <= 1
+    shots = res.run_dir / "samples" / "step_0000250"
     assert {p.name for p in shots.iterdir()} >= {"denoise.png", "generated.png", "generated_text.png", "generated.txt"}
     assert Image.open(shots / "denoise.png").size[0] > 7 * 64
 
@@ -69,7 +73,7 @@ def test_resume_is_exact_schedule_per_optimizer_step_and_sample_cli(tmp_path, ti
     assert Image.open(out / "sample_0_view.png").size == (256, 256)
     # the saved token image decodes to the saved text (the mask travels as the alpha channel)
     assert cli(["tokenimage", "decode", "--specials", str(out / "sample_1.png")]) == 0
-    assert capsys.readouterr().out[:-1] == (out / "sample_1.txt").read_text(encoding="utf-8")
+    assert capsys.readouterr().out[:-1] == (out / "sample_1.txt").read_bytes().decode("utf-8")
     assert cli(["sample", "tokenimage", "--checkpoint", str(res.run_dir), "--prompt", "hi", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("trainhub: error: --prompt needs")
@@ -93,7 +97,8 @@ def test_chat_run_and_prompted_sample(tmp_path, tiny, capsys):
     first = codec.decode(*load_token_png(o3 / "sample_0.png"))
     assert (o3 / "sample_0-1.png").is_file() == (tok.eos_id not in first)
     both = first + (codec.decode(*load_token_png(o3 / "sample_0-1.png")) if tok.eos_id not in first else [])
-    assert (o3 / "sample_0.txt").read_text(encoding="utf-8") == render_text(tok, both, chat=True)
+    # read without newline translation: a sampled "\r" stays itself
+    assert (o3 / "sample_0.txt").read_bytes().decode("utf-8") == render_text(tok, both, chat=True)
     assert cli(["sample", "tokenimage", "--checkpoint", str(res.run_dir), "--steps", "2", "--out", str(tmp_path / "o2")]) == 2
     assert "--prompt" in capsys.readouterr().err
 
@@ -120,11 +125,11 @@ def test_codec_commands(tmp_path, capsys):
     assert cli(["tokenimage", "decode", str(png)]) == 0
     assert capsys.readouterr().out.endswith("Grüße 🐍\n")
     long = tmp_path / "long.txt"
-    long.write_text("abcdefghij" * 150, encoding="utf-8")  # 1502 tokens with bos/eos: two images
+    long.write_text("abcdefghij" * 40, encoding="utf-8")  # 402 tokens with bos/eos: two images of 256
     assert cli(["tokenimage", "encode", "--file", str(long), "--out", str(tmp_path / "l.png")]) == 0
     assert cli(["tokenimage", "decode", str(tmp_path / "l-0.png"), str(tmp_path / "l-1.png")]) == 0
     out = capsys.readouterr().out.split("\n")
-    assert out[-3:] == ["abcdefghij" * 102 + "abc", "defghij" + "abcdefghij" * 47, ""]  # bos + 1023 bytes, then the rest
+    assert out[-3:] == ["abcdefghij" * 25 + "abcde", "fghij" + "abcdefghij" * 14, ""]  # bos + 255 bytes, then the rest
     assert cli(["tokenimage", "info", "--block", "1", "1", "--base", "2"]) == 2
     err = capsys.readouterr().err
     assert "digits" in err and len(err.strip().splitlines()) == 1

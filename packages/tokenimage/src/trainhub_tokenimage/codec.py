@@ -25,7 +25,7 @@ from trainhub import UserError
 class TokenCodec:
     """Token ids in ``[0, vocab_size)`` <-> ``C x H x W`` images in [-1, 1] with a ``1 x H x W`` valid mask."""
 
-    def __init__(self, vocab_size: int, img_size: int = 64, channels: int = 3, block: Sequence[int] = (2, 2),
+    def __init__(self, vocab_size: int, img_size: int = 64, channels: int = 3, block: Sequence[int] = (4, 4),
                  base: int = 4) -> None:
         bh, bw = int(block[0]), int(block[1])
         if vocab_size < 2:
@@ -93,6 +93,10 @@ class TokenCodec:
         valid = torch.zeros(self.capacity, self.cells)
         valid[:n] = 1.0
         return self.to_image(blocks), self.to_image(valid)[:1]
+
+    def block_map(self, values: torch.Tensor) -> torch.Tensor:
+        """One value per block ``(..., capacity)`` -> ``(..., 1, H, W)``: each block's pixels hold its value."""
+        return self.to_image(values[..., None].expand(*values.shape, self.cells))[..., :1, :, :]
 
     def block_mask(self, mask: torch.Tensor) -> torch.Tensor:
         """Pixel mask ``(..., 1, H, W)`` -> bool ``(..., capacity)``: which token blocks are valid."""

@@ -113,7 +113,7 @@ class TokenImageDataset(Dataset):
     """
 
     def __init__(self, source: Optional[str | Path] = None, tokenizer: str | Tokenizer | None = "bytes", img_size: int = 64,
-                 channels: int = 3, block: Sequence[int] = (2, 2), base: int = 4, use_chat_template: bool = False,
+                 channels: int = 3, block: Sequence[int] = (4, 4), base: int = 4, use_chat_template: bool = False,
                  max_tokens: Optional[int] = None, packing: Packing = "pack", split: Literal["train", "val", "all"] = "all",
                  val_percent: float = 2.0, max_documents: Optional[int] = None, max_images: Optional[int] = None,
                  documents: Optional[Sequence[Document]] = None) -> None:

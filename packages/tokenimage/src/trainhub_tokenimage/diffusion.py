@@ -11,6 +11,8 @@ from typing import Callable, Literal, Optional
 
 import torch
 
+from trainhub_tokenimage.codec import TokenCodec
+
 ScheduleName = Literal["cosine", "linear", "sqrt"]
 SCHEDULES: tuple[str, ...] = ("cosine", "linear", "sqrt")
 
@@ -37,11 +39,14 @@ def alpha_bar(t: torch.Tensor, schedule: ScheduleName = "cosine") -> torch.Tenso
 
 def add_noise_to_timestep(clean: torch.Tensor, t: torch.Tensor | float, schedule: ScheduleName = "cosine",
                           noise: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Noise ``clean`` (B x C x H x W) to time ``t`` (a float or one value per sample)."""
+    """Noise ``clean`` (B x C x H x W) to time ``t``: a float, one value per sample, or a ``B x 1 x H x W`` map
+    (one time per token block: :meth:`TokenCodec.block_map`)."""
     t = torch.as_tensor(t, device=clean.device, dtype=torch.float32)
     if t.dim() == 0:
         t = t.expand(clean.shape[0])
-    a = alpha_bar(t, schedule).view(-1, *([1] * (clean.dim() - 1)))
+    a = alpha_bar(t, schedule)
+    if a.dim() == 1:
+        a = a.view(-1, *([1] * (clean.dim() - 1)))
     if noise is None:
         noise = torch.randn(clean.shape, generator=generator, device=clean.device, dtype=torch.float32)
     return (a.sqrt() * clean.float() + (1.0 - a).sqrt() * noise).to(clean.dtype)
@@ -57,6 +62,14 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, per
     if per_sample:
         return se.flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1.0)
     return se.sum() / m.sum().clamp_min(1.0)
+
+
+def token_cross_entropy(logits: torch.Tensor, ids: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of the valid blocks' tokens: ``logits`` ``B x capacity x vocab``, ``ids`` and ``keep``
+    ``B x capacity``; padding adds nothing."""
+    per = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), ids.flatten(), reduction="none")
+    k = keep.flatten().float()
+    return (per * k).sum() / k.sum().clamp_min(1.0)
 
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -88,3 +101,56 @@ def sample(denoise: Denoiser, shape: tuple[int, ...], steps: int, schedule: Sche
         eps = (x - a_t.sqrt() * x0) / (1.0 - a_t).sqrt().clamp_min(1e-6)
         x = a_s.sqrt() * x0 + (1.0 - a_s).sqrt() * eps
     return x0
+
+
+def token_times(mask_blocks: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Training times, one per token block (``B x capacity``): each image draws a fraction ``p ~ U(0, 1)`` of its
+    blocks to noise, each at its own ``t ~ U(0, 1)``; the others stay clean (``t = 0``). Every noised token is
+    seen beside clean and noised neighbours, as the sequential sampler shows it (the masking of MDLM, with
+    Gaussian noise of any level in place of the mask)."""
+    b, n = mask_blocks.shape
+    dev = mask_blocks.device
+    p = torch.rand(b, 1, generator=generator).to(dev)
+    noised = torch.rand(b, n, generator=generator).to(dev) < p
+    return torch.where(noised, torch.rand(b, n, generator=generator).to(dev), torch.zeros((), device=dev))
+
+
+LogitsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@torch.no_grad()
+def sample_sequential(logits: LogitsFn, codec: TokenCodec, mask: torch.Tensor, steps: int, temperature: float = 1.0,
+                      generator: Optional[torch.Generator] = None, progress: bool = False) -> torch.Tensor:
+    """Write token images in reading order: all blocks start as pure noise (``t = 1``); each of ``steps`` steps
+    draws the next ``length / steps`` tokens of every image from ``softmax(logits / temperature)`` (argmax at
+    ``temperature = 0``) given the
+    tokens written so far, and writes them clean (``t = 0``). ``steps = length`` is one token per step.
+    ``logits(x, t)`` maps an image and per-block times to ``B x capacity x vocab`` logits; returns the clean
+    token images (padding 0)."""
+    n = mask.shape[0]
+    keep = codec.block_mask(mask)  # B x capacity, the valid blocks first (raster order)
+    length = int(keep.sum(1).max())
+    noise = torch.randn((n, codec.channels, codec.img_size, codec.img_size), generator=generator).to(mask.device)
+    ids = torch.zeros(n, codec.capacity, dtype=torch.long, device=mask.device)
+    t = torch.ones(n, codec.capacity, device=mask.device)
+    patterns = codec.patterns.to(mask.device)
+    bounds = [round(length * k / steps) for k in range(steps + 1)]
+    it = range(steps)
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(it, desc="writing", leave=False)
+    for k in it:
+        lo, hi = bounds[k], bounds[k + 1]
+        if lo == hi:
+            continue
+        x = torch.where(codec.block_map((t == 0).float()) > 0.5, codec.to_image(patterns[ids]), noise) * mask
+        lg = logits(x, t)[:, lo:hi].float().cpu()
+        if temperature > 0:
+            probs = (lg / temperature).softmax(-1).reshape(-1, lg.shape[-1])
+            draw = torch.multinomial(probs, 1, generator=generator).reshape(n, hi - lo)
+        else:
+            draw = lg.argmax(-1)
+        ids[:, lo:hi] = draw.to(ids.device)
+        t[:, lo:hi] = 0.0
+    return codec.to_image(patterns[ids]) * mask

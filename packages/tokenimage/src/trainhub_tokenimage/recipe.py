@@ -19,13 +19,20 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from trainhub import EvalContext, Recipe, StepContext, UserError
-from trainhub.kit.media import make_grid, save_png, to_uint8_image
+from trainhub.kit.media import labelled_grid, save_png, to_uint8_image
 from trainhub.training import distributed as dist
 from trainhub_tokenimage.codec import TokenCodec
-from trainhub_tokenimage.config import TokenImageConfig, TokenImageData
+from trainhub_tokenimage.config import TokenImageConfig, TokenImageData, TokenImageModel
 from trainhub_tokenimage.data import TokenImageDataset
-from trainhub_tokenimage.diffusion import add_noise_to_timestep, masked_mse, sample
-from trainhub_tokenimage.metrics import evaluate_denoiser, generation_metrics
+from trainhub_tokenimage.diffusion import (
+    add_noise_to_timestep,
+    masked_mse,
+    sample,
+    sample_sequential,
+    token_cross_entropy,
+    token_times,
+)
+from trainhub_tokenimage.metrics import dictionary_of, evaluate_denoiser, generation_metrics
 from trainhub_tokenimage.render import text_panel
 from trainhub_tokenimage.tokenizer import Tokenizer, load_tokenizer
 from trainhub_tokenimage.tools import save_token_png
@@ -65,10 +72,20 @@ class TokenImageRecipe(Recipe):
             raise UserError(f"model.patch_size={m.patch_size} must divide data.img_size={d.img_size}")
         if m.hidden % m.heads or m.hidden % 4:
             raise UserError(f"model.hidden={m.hidden} must be a multiple of model.heads={m.heads} and of 4")
+        if m.head == "tokens":
+            bh, bw = d.block
+            if m.patch_size % bh or m.patch_size % bw:
+                raise UserError(f"model.head=tokens needs model.patch_size={m.patch_size} to be a multiple of "
+                                f"data.block={list(d.block)}; use a multiple, or model.head=pixels")
+        else:
+            if m.noise != "per_image" or m.sampler != "ddim":
+                raise UserError("model.head=pixels predicts pixels, not tokens: it needs model.noise=per_image and "
+                                f"model.sampler=ddim (got {m.noise}, {m.sampler})")
         net = get_plugins().model(m.name)(img_size=d.img_size, channels=d.channels, patch_size=m.patch_size,
                                           hidden=m.hidden, depth=m.depth, heads=m.heads, mlp_ratio=m.mlp_ratio,
                                           conditional=d.use_chat_template, skip=m.skip, schedule=m.schedule,
-                                          sigma_data=m.sigma_data)
+                                          sigma_data=m.sigma_data, head=m.head, codec=self._tok_codec(config)[1],
+                                          context=m.context)
         return {"model": net}
 
     def build_data(self, config: TokenImageConfig) -> tuple[Dataset, Optional[Dataset]]:
@@ -82,15 +99,36 @@ class TokenImageRecipe(Recipe):
         if dist.is_main():
             print(f"tokenimage: {codec.describe()}; {len(train)} train images from {train.num_documents} documents, "
                   f"{len(val) if val is not None else 0} val images", file=sys.stderr)
+        self._train, self._dictionary = train, None
         return train, val
 
+    def dictionary(self, tok: Tokenizer) -> Optional[frozenset[str]]:
+        """The training text's words (each at least 3 times), for ``gen_word_hit``; None before build_data."""
+        train = getattr(self, "_train", None)
+        if train is None:
+            return None
+        if self._dictionary is None:
+            self._dictionary = dictionary_of(tok.decode(train.targets.flat.tolist()))
+        return self._dictionary
+
     def train_step(self, batch: dict[str, torch.Tensor], ctx: StepContext) -> dict[str, torch.Tensor]:
+        m: TokenImageModel = ctx.config.model  # type: ignore[attr-defined]
+        _, codec = self._tok_codec(ctx.config)  # type: ignore[arg-type]
         clean, mask = batch["clean"], batch["mask"]
-        t = torch.rand(clean.shape[0], device=clean.device)
-        noisy = add_noise_to_timestep(clean, t, ctx.config.model.schedule)
-        pred = ctx.models["model"](noisy, t, condition=batch.get("condition"), mask=mask,
-                                   condition_mask=batch.get("condition_mask"))
-        return {"loss": masked_mse(pred, clean, mask)}
+        keep = codec.block_mask(mask)
+        if m.noise == "per_token":
+            t = token_times(keep)
+            noisy = add_noise_to_timestep(clean, codec.block_map(t), m.schedule)
+        else:
+            t = torch.rand(clean.shape[0], device=clean.device)
+            noisy = add_noise_to_timestep(clean, t, m.schedule)
+        net = ctx.models["model"]
+        cond, cmask = batch.get("condition"), batch.get("condition_mask")
+        if m.head == "pixels":
+            return {"loss": masked_mse(net(noisy, t, condition=cond, mask=mask, condition_mask=cmask), clean, mask)}
+        # DDP wraps the model: its forward is the only entry point, so the logits come through forward(logits=True)
+        logits = net(noisy, t, condition=cond, mask=mask, condition_mask=cmask, logits=True)
+        return {"loss": token_cross_entropy(logits, codec.nearest(clean), keep)}
 
     def evaluate(self, ctx: EvalContext) -> dict[str, float]:
         cfg: TokenImageConfig = ctx.config  # type: ignore[assignment]
@@ -99,7 +137,7 @@ class TokenImageRecipe(Recipe):
         levels = cfg.model.eval_levels
         reference: dict[str, torch.Tensor] = {}
         metrics = evaluate_denoiser(net, ctx.data or [], codec, levels, cfg.model.schedule, ctx.device, ctx.autocast,
-                                    seed=cfg.train.seed, reference=reference)
+                                    seed=cfg.train.seed, reference=reference, head=cfg.model.head)
         if metrics and ctx.data is not None:
             metrics.update(self._eval_media(ctx, next(iter(ctx.data)), tok, codec, reference))
         return metrics
@@ -121,22 +159,28 @@ class TokenImageRecipe(Recipe):
             noisy = add_noise_to_timestep(b["clean"], t, cfg.model.schedule, noise=torch.randn(b["clean"].shape, generator=g).to(ctx.device))
             with ctx.autocast():
                 pred = net(noisy, torch.full((k,), t, device=ctx.device), condition=cond, mask=b["mask"], condition_mask=cmask)
+            if cfg.model.head == "tokens":  # the tokens it reads, not their expected blend
+                pred = codec.snap(pred.float())
             rows += [noisy.clamp(-1, 1).cpu(), (pred.float() * b["mask"]).cpu()]
         tiles = torch.stack([b["clean"].cpu(), *rows], dim=1).flatten(0, 1)  # per image: clean, noisy, pred, ...
-        names = ", ".join(f"noisy|pred t={t:g}" for t in shown)
+        read = "read" if cfg.model.head == "tokens" else "denoised"
+        titles = ["clean"] + [x for t in shown for x in (f"noisy t={t:g}", f"{read} t={t:g}")]
         if ctx.is_main:
-            ctx.media.image("denoise", _zoom(make_grid(tiles, nrow=1 + 2 * len(shown))), caption=f"clean, {names}")
+            ctx.media.image("denoise", labelled_grid(tiles, ncol=len(titles), col_titles=titles),
+                            caption=", ".join(titles))
         if not cfg.data.eval_samples:
             return {}
         n = min(cfg.data.eval_samples, k)
         gen = generate(net, codec, cfg, n, mask=b["mask"][:n], condition=None if cond is None else cond[:n],
                        condition_mask=None if cmask is None else cmask[:n], seed=cfg.train.seed, autocast=ctx.autocast)
         gen_ids = [codec.decode(gen[i], b["mask"][i]) for i in range(n)]
-        metrics = generation_metrics(gen_ids, reference, codec.vocab_size)
+        metrics = generation_metrics(gen_ids, reference, codec.vocab_size, decode=tok.decode, dictionary=self.dictionary(tok),
+                                     seed=cfg.train.seed)
         if not ctx.is_main:
             return metrics
         texts = [render_text(tok, ids, cfg.data.use_chat_template) for ids in gen_ids]
-        ctx.media.image("generated", _zoom(make_grid(gen.cpu(), nrow=n)), caption=" | ".join(x[:80] for x in texts))
+        ctx.media.image("generated", labelled_grid(gen.cpu(), ncol=n, col_titles=[f"sample {i + 1}" for i in range(n)]),
+                        caption=" | ".join(x[:80] for x in texts))
         ctx.media.image("generated_text", text_panel(texts), caption=f"{n} generations, {cfg.model.sample_steps} steps")
         if ctx.media.enabled and ctx.media.dir is not None:
             (ctx.media.dir / "generated.txt").write_text("\n\n---\n\n".join(texts), encoding="utf-8")
@@ -166,7 +210,9 @@ class TokenImageRecipe(Recipe):
     # ---- commands ----
     def add_sample_arguments(self, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--prompt", help="chat prompt (checkpoints trained with data.use_chat_template=true)")
-        parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: model.sample_steps)")
+        parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: model.sample_steps)")
+        parser.add_argument("--temperature", type=float, default=None,
+                            help="sequential sampler: softmax temperature, 0 = argmax (default: model.temperature)")
         parser.add_argument("--num", type=int, default=1, help="how many samples")
         parser.add_argument("--length", type=int, default=None, help="tokens per image (default: data.max_tokens or the capacity)")
         parser.add_argument("--max-images", type=int, default=1,
@@ -181,6 +227,8 @@ class TokenImageRecipe(Recipe):
         length = args.length or cap
         if not 1 <= length <= codec.capacity:
             raise UserError(f"--length {length}: must lie in 1..{codec.capacity}")
+        if args.temperature is not None and args.temperature < 0:
+            raise UserError(f"--temperature {args.temperature}: must be 0 (argmax) or more")
         if args.num < 1 or args.max_images < 1:
             raise UserError(f"--num {args.num} and --max-images {args.max_images} must be at least 1")
         chat = config.data.use_chat_template
@@ -202,7 +250,7 @@ class TokenImageRecipe(Recipe):
                 cond = torch.stack([c for c, _ in pairs]).to(dev)
                 cmask = torch.stack([m for _, m in pairs]).to(dev)
             out = generate(models["model"], codec, config, n, mask, cond, cmask, seed=args.seed + k,
-                           steps=args.steps, snap=not args.no_snap, progress=True)
+                           steps=args.steps, snap=not args.no_snap, progress=True, temperature=args.temperature)
             for i in range(n):
                 name = f"sample_{i}" if k == 0 else f"sample_{i}-{k}"
                 if not finished[i]:
@@ -229,8 +277,9 @@ class TokenImageRecipe(Recipe):
 @torch.no_grad()
 def generate(net: nn.Module, codec: TokenCodec, config: TokenImageConfig, n: int, mask: torch.Tensor,
              condition: Optional[torch.Tensor] = None, condition_mask: Optional[torch.Tensor] = None, seed: int = 0,
-             steps: Optional[int] = None, snap: Optional[bool] = None, autocast: Any = None, progress: bool = False) -> torch.Tensor:
-    """Sample ``n`` token images from noise (padding zeroed by ``mask``)."""
+             steps: Optional[int] = None, snap: Optional[bool] = None, autocast: Any = None, progress: bool = False,
+             temperature: Optional[float] = None) -> torch.Tensor:
+    """Sample ``n`` token images from noise (padding zeroed by ``mask``) with ``model.sampler``."""
     import contextlib
 
     ac = autocast or contextlib.nullcontext
@@ -240,10 +289,18 @@ def generate(net: nn.Module, codec: TokenCodec, config: TokenImageConfig, n: int
         with ac():
             return net(x, t, condition=condition, mask=mask, condition_mask=condition_mask).float()
 
+    g = torch.Generator().manual_seed(seed)
+    if m.sampler == "sequential":
+        def logits(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            with ac():
+                return net(x, t, condition=condition, mask=mask, condition_mask=condition_mask, logits=True).float()
+
+        temp = m.temperature if temperature is None else temperature
+        return sample_sequential(logits, codec, mask, steps or m.sample_steps, temp, generator=g, progress=progress)
     shape = (n, codec.channels, codec.img_size, codec.img_size)
     use_snap = m.snap if snap is None else snap
     out = sample(denoise, shape, steps or m.sample_steps, m.schedule, snap=codec.snap if use_snap else None,
-                 generator=torch.Generator().manual_seed(seed), device=mask.device, progress=progress)
+                 generator=g, device=mask.device, progress=progress)
     return out * mask
 
 

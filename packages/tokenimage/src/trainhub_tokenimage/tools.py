@@ -21,7 +21,7 @@ def _codec_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokenizer", default="bytes", help="bytes or a tokenizers JSON file (default: bytes)")
     p.add_argument("--img-size", type=int, default=64)
     p.add_argument("--channels", type=int, default=3)
-    p.add_argument("--block", type=int, nargs=2, default=(2, 2), metavar=("H", "W"), help="pixels per token (default 2 2)")
+    p.add_argument("--block", type=int, nargs=2, default=(4, 4), metavar=("H", "W"), help="pixels per token (default 4 4)")
     p.add_argument("--base", type=int, default=4, help="levels per cell (default 4)")
 
 
