@@ -158,6 +158,11 @@ class TokenCodec:
             return ids[keep].tolist()
         return [row[k].tolist() for row, k in zip(ids, keep)]
 
+    def expected_image(self, logits: torch.Tensor) -> torch.Tensor:
+        """Token logits ``(..., capacity, vocab)`` -> the image they expect: each block's code patterns weighted
+        by the token probabilities, ``(..., C, H, W)``."""
+        return self.to_image(logits.float().softmax(-1) @ self.patterns.to(logits.device))
+
     def snap(self, image: torch.Tensor) -> torch.Tensor:
         """Replace every block by the pattern of its nearest valid token (same shape)."""
         ids = self.nearest(image)

@@ -83,7 +83,7 @@ def evaluate_denoiser(model: nn.Module, batches: Iterable[dict[str, torch.Tensor
                 out = model(noisy, tt, condition=cond, mask=mask, condition_mask=cmask, **({"logits": True} if head == "tokens" else {}))
             if head == "tokens":
                 logits = out.float()
-                pred = codec.to_image(logits.softmax(-1) @ codec.patterns.to(logits.device))
+                pred = codec.expected_image(logits)
                 loss_sum += float(token_cross_entropy(logits, ids, keep)) * clean.shape[0]
                 guess = logits.argmax(-1)
             else:

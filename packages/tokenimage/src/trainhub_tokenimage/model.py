@@ -124,7 +124,8 @@ class TokenDiT(nn.Module):
     ``t``: one time in [0, 1] per sample. ``mask``/``condition_mask``: ``B x 1 x H x W``, 1 = valid pixel
     (None: all valid). ``condition``: a clean token image (the chat prompt) attended to in context; only a
     model built with ``conditional=True`` has the condition embedding (so DDP sees no unused parameters).
-    ``head="tokens"`` needs the ``codec`` (its block must tile the patch); ``skip`` applies to ``head="pixels"``.
+    ``head="tokens"`` needs the ``codec`` (its block must tile the patch). ``skip``: the tokens head adds each
+    block's log-likelihood to the logits, the pixels head uses the EDM preconditioning.
     """
 
     def __init__(self, img_size: int = 64, channels: int = 3, patch_size: int = 4, hidden: int = 192, depth: int = 6,
@@ -259,8 +260,7 @@ class TokenDiT(nn.Module):
     def expected_image(self, logits: torch.Tensor) -> torch.Tensor:
         """The clean image the logits expect: each block's code patterns weighted by the token probabilities."""
         assert self.codec is not None
-        blocks = logits.float().softmax(-1) @ self.patterns
-        return self.codec.to_image(blocks)
+        return self.codec.expected_image(logits)
 
     def features(self, noisy: torch.Tensor, t: torch.Tensor, condition: Optional[torch.Tensor] = None,
                  mask: Optional[torch.Tensor] = None, condition_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
