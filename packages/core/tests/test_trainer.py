@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -14,8 +15,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from trainhub import hookimpl
 from trainhub.builtin.tiny import TinyRecipe
 from trainhub.errors import TrainingStopped, UserError
+from trainhub.plugins import get_plugins
 from trainhub.training import checkpoint as ckpt
 from trainhub.training.run import train
 
@@ -54,6 +57,30 @@ def test_resume_is_bit_exact_mid_epoch(tmp_path, quiet, workers, stop_at):
     resumed = train("tiny", overrides=base + ["train.max_steps=12"], run_dir=tmp_path / "half", resume="auto")
     assert resumed.step == 12
     _assert_identical(full.last_checkpoint, resumed.last_checkpoint)
+
+
+def test_a_run_leaves_no_loader_workers_or_determinism_behind(tmp_path, quiet):
+    """Worker processes stop with their data phase and with the run (left to the garbage collector they stalled the
+    process's next run ~5 s per worker); ``train.deterministic`` holds for its own run only."""
+    before = set(multiprocessing.active_children())
+    workers_at_step: list[int] = []
+
+    class CountWorkers:
+        @hookimpl
+        def trainhub_step_end(self, run, step, metrics):
+            workers_at_step.append(len(set(multiprocessing.active_children()) - before))
+
+    probe = CountWorkers()
+    get_plugins().pm.register(probe)
+    try:  # 8 steps of batch 8, then a data phase of batch 16 with its own loader (4 steps an epoch)
+        train("tiny", overrides=quiet + ["loader.num_workers=2", "loader.persistent_workers=true", "data.num_samples=64",
+                                         "train.batch_size=8", "train.max_steps=12", "train.deterministic=true",
+                                         "train.data_schedule=[{from_epoch: 1, batch_size: 16}]"], run_dir=tmp_path / "r")
+    finally:
+        get_plugins().pm.unregister(probe)
+    assert workers_at_step == [2] * 12  # the first phase's workers stopped when the second phase's started
+    assert set(multiprocessing.active_children()) - before == set()
+    assert not torch.are_deterministic_algorithms_enabled()
 
 
 def test_gradient_accumulation_matches_large_batch(tmp_path, quiet):

@@ -239,3 +239,14 @@ def build_loader(
         **kwargs,
     )
     return loader, sampler
+
+
+def close_loader(loader: Optional[DataLoader]) -> None:
+    """Stop a loader's worker processes now, at the end of its run or data phase. Left to the garbage collector, a loader
+    in a reference cycle could be finalised after its own queues: its workers never got the stop message and each was
+    killed after a 5 s timeout, stalling whatever ran next in the process (another run, a test)."""
+    it = getattr(loader, "_iterator", None)  # the persistent workers' iterator, kept by the DataLoader between epochs
+    if it is not None and hasattr(it, "_shutdown_workers"):
+        it._shutdown_workers()
+    if loader is not None:
+        loader._iterator = None

@@ -183,6 +183,7 @@ def _train(recipe: str | Recipe, config_file: Optional[str | Path], overrides: O
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = not config.train.deterministic
+    deterministic_before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     if config.train.deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -211,6 +212,7 @@ def _train(recipe: str | Recipe, config_file: Optional[str | Path], overrides: O
     info = RunInfo(config, run_dir, rec, {}, device, run_id, resumed=load_from is not None, is_main=is_main)
     call_hook = HookCaller(plugins, config.plugin_errors, is_main)
     registered: list[str] = []
+    trainer: Optional[Trainer] = None
     try:
         refused: Optional[UserError] = None
         if owner is not None:
@@ -257,6 +259,9 @@ def _train(recipe: str | Recipe, config_file: Optional[str | Path], overrides: O
         if dry_run and is_main:
             print(dry_run_summary(trainer, would_write, trainer.dry_batch), flush=True)
     finally:
+        if trainer is not None:
+            trainer.close()
+        torch.use_deterministic_algorithms(deterministic_before[0], warn_only=deterministic_before[1])  # the next run's own
         for pname in registered:
             if plugins.pm.has_plugin(pname):
                 plugins.pm.unregister(name=pname)

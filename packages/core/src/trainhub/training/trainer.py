@@ -32,7 +32,7 @@ from trainhub.plugins import Plugins
 from trainhub.recipe import EvalContext, OptimizerSpec, Recipe, StepContext
 from trainhub.training import autobatch, flops, optim, signals, state
 from trainhub.training import distributed as dist
-from trainhub.training.data import build_loader, cpu_count, oversubscribed, sample_seed
+from trainhub.training.data import build_loader, close_loader, cpu_count, oversubscribed, sample_seed
 from trainhub.training.devices import amp_dtype, autocast, checkpoint_blocks, select_precision, to_device
 from trainhub.training.ema import EMA
 from trainhub.training.fsdp import FSDPStrategy
@@ -178,6 +178,7 @@ class Trainer:
         self.phase = idx
         self.batch_size = self.phases.batch_size(idx, self.base_batch_size)
         train_ds, _ = self.recipe.build_data(self.phases.config(idx))
+        close_loader(self.loader)
         self._build_train_loader(train_ds, warn=lambda m, d: self.warn("shm", m, d))
         if self.is_main:
             print(f"trainhub: epoch {epoch}: data phase {idx} ({self.phases.describe(idx)}), batch size {self.batch_size}", flush=True)
@@ -300,6 +301,11 @@ class Trainer:
             raise
         self.call_hook("trainhub_run_end", run=self.run, status=status)
         return status
+
+    def close(self) -> None:
+        """Stop the loaders' worker processes (the run is over, however it ended)."""
+        close_loader(self.loader)
+        close_loader(self.val_loader)
 
     def _optimizer_step(self, micro: list[Any], counter: Optional[flops.StepFlops] = None) -> dict[str, torch.Tensor]:
         """One optimizer step per optimizer phase (a GAN: discriminator, then generator) over the micro-batches:
