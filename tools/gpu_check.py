@@ -70,8 +70,8 @@ RECIPES: dict[str, tuple[list[str], list[str]]] = {
              "model.unet.attn_res=[8]", "model.unet.image_size=16", "data.l_resolution=4", "data.r_resolution=16",
              "model.beta_schedule.train.n_timestep=100", "train.batch_size=4"]),
     "tokenimage": (["data.max_documents=500", "train.batch_size=32"],
-                   ["data.max_documents=300", "model.depth=2", "train.batch_size=8", "model.sample_steps=8",
-                    "data.val_images=8"]),  # the eval writes 4 samples, one forward per sampler step
+                   ["data.max_documents=300", "model.depth=1", "model.hidden=32", "model.heads=2", "train.batch_size=4",
+                    "model.sample_steps=8", "data.val_images=8"]),  # the eval writes 4 samples, one forward per sampler step
     "vrt_spike": (["train.memory_log_every=0"],
                   ["model.depths=[2,1,1,1,1,1,1,1]", "model.embed_dims=[8,8,8,8,8,8,8,8]", "model.num_heads=1",
                    "model.window_size=4", "model.window_frames=2", "model.flow_width=4", "model.spike_dim=8",
