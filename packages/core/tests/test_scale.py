@@ -64,6 +64,34 @@ def test_compile_on_cpu_trains(tmp_path, quiet):
     assert res.status == "completed" and res.step == 3
 
 
+def test_counted_flops_equal_torchs_flop_counter_forward_and_backward():
+    """Strided and transposed convolutions, linear, bmm, baddbmm and attention, forward and backward: the count made
+    with torch's formulas on shapes taken here equals FlopCounterMode's."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.down = nn.Conv2d(3, 8, 3, stride=2, padding=1)
+            self.up = nn.ConvTranspose2d(8, 4, 4, stride=2, padding=1)
+            self.lin = nn.Linear(16, 16)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.up(self.down(x)).flatten(2)  # (N, 4, 1024)
+            a = torch.bmm(h, h.transpose(1, 2))
+            q = self.lin(h.reshape(h.shape[0], 4, 64, 16))
+            o = nn.functional.scaled_dot_product_attention(q, q, q)
+            return a.sum() + o.sum() + torch.baddbmm(a, a, a).sum()
+
+    torch.manual_seed(0)
+    net, x = Net(), torch.randn(2, 3, 32, 32, requires_grad=True)
+    ours = count_flops(lambda: net(x).backward())
+    reference = FlopCounterMode(display=False)
+    with reference:
+        net(x).backward()
+    assert ours == reference.get_total_flops() > 0
+
+
 def test_flops_and_mfu_arithmetic(tmp_path, quiet):
     lin = nn.Linear(100, 50, bias=False)
     x = torch.randn(8, 100, requires_grad=True)
