@@ -15,6 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from trainhub.cli import main
 from trainhub.training import checkpoint as ckpt
 from trainhub.training.run import train
 
@@ -79,6 +80,7 @@ def test_two_node_rendezvous_trains_and_checkpoints(tmp_path):
     assert last.name == "checkpoint-4" and json.loads((last / "training_state.json").read_text())["world_size"] == 2
 
 
+@pytest.mark.slow
 def test_kill_and_resume_under_ddp_is_exact(tmp_path):
     args = ["run", "tiny", "--nproc-per-node", "2", *BASE, "train.max_steps=400", "train.batch_size=4", "train.eval_every=0"]
     full = _trainhub(*args[:1], *args[1:], "--run-dir", str(tmp_path / "full"), "train.max_steps=30")
@@ -125,7 +127,8 @@ end_process(0)  # as the CLI does: the gloo backend outlives its group, so leave
 """
 
 
-def test_fsdp_resumes_exactly_and_consolidates_to_the_ddp_result(tmp_path):
+@pytest.mark.slow
+def test_fsdp_resumes_exactly_and_consolidates_to_the_ddp_result(tmp_path, capsys):
     script = tmp_path / "run_fsdp.py"
     script.write_text(FSDP_SCRIPT)
     ov = [*BASE, "train.max_steps=6", "train.batch_size=4", "train.eval_every=2", "model.hidden=33"]  # odd rows: uneven shards
@@ -147,8 +150,8 @@ def test_fsdp_resumes_exactly_and_consolidates_to_the_ddp_result(tmp_path):
     for ema in (False, True):
         out_full, out_cut = tmp_path / f"full{ema}.safetensors", tmp_path / f"cut{ema}.safetensors"
         for src, out in ((full, out_full), (cut, out_cut)):
-            r = _trainhub("export", "--checkpoint", str(src), "--out", str(out), *(["--ema"] if ema else []))
-            assert r.returncode == 0, r.stderr
+            code = main(["export", "--checkpoint", str(src), "--out", str(out), *(["--ema"] if ema else [])])  # in this process
+            assert code == 0, capsys.readouterr().err
         a, b = load_file(str(out_full)), load_file(str(out_cut))
         assert all(torch.equal(a[k], b[k]) for k in a), "FSDP resume is not exact"
     ddp = load_file(str(ckpt.latest(tmp_path / "ddp" / "checkpoints") / "model.safetensors"))
@@ -156,8 +159,10 @@ def test_fsdp_resumes_exactly_and_consolidates_to_the_ddp_result(tmp_path):
     assert fsdp_full.keys() == ddp.keys()
     for k in ddp:
         torch.testing.assert_close(fsdp_full[k], ddp[k], rtol=1e-4, atol=1e-5)
-    r = _trainhub("eval", "tiny", "--checkpoint", str(full))  # one process loads the shards consolidated
-    assert r.returncode == 0 and "val_mse" in json.loads(r.stdout), r.stderr
+    capsys.readouterr()
+    code = main(["eval", "tiny", "--checkpoint", str(full)])  # one process, no process group, loads the shards consolidated
+    out = capsys.readouterr()
+    assert code == 0 and "val_mse" in json.loads(out.out), out.err
 
 
 def test_end_process_runs_exit_handlers_flushes_and_keeps_the_code(tmp_path):
