@@ -8,10 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ("tiny", "dit", "sr3", "tokenimage", "vrt_spike", "timbre_gan")
 
 
+@pytest.mark.slow
 def test_gpu_check_on_cpu_passes_every_check(tmp_path):
     out = tmp_path / "report"
     r = subprocess.run([sys.executable, str(ROOT / "tools" / "gpu_check.py"), "--device", "cpu", "--tiny", "--budget", "480",

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from trainhub.training.run import train
 
 # two classes (stripes, square), the default model and batch, a constant lr: about a minute on one loaded CPU core
@@ -17,6 +19,7 @@ SHORT = ["model.num_classes=2", "train.max_steps=300", "train.warmup_steps=30", 
          "loggers.console.progress_bar=false"]
 
 
+@pytest.mark.slow
 def test_a_short_run_draws_recognisable_classes(tmp_path) -> None:
     res = train("dit", overrides=SHORT, run_dir=tmp_path / "run")
     assert res.status == "completed"

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from trainhub.training.run import train
 
 # the default problem (shapes 8 -> 32, x0 of the residual, L2) with a narrower UNet and a short schedule; no EMA
@@ -20,6 +22,7 @@ def _evals(run_dir):
     return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if '"eval"' in x]
 
 
+@pytest.mark.slow
 def test_a_short_run_learns_the_edges_bicubic_blurs(tmp_path):
     res = train("sr3", overrides=SHORT, run_dir=tmp_path / "run")
     (ev,) = _evals(res.run_dir)

@@ -24,6 +24,7 @@ def records(run_dir: Path, kind: str) -> list[dict]:
     return [r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if r.get("kind") == kind]
 
 
+@pytest.mark.slow
 def test_a_short_run_reads_noisy_tokens_and_writes_words(tmp_path, tiny):
     """Learning direction on a shortened run of a smaller model, scored by the recipe's own eval (the full margin
     belongs to the measured default run, README): the one-shot reading at t = 0.5 beats decoding the noisy image
