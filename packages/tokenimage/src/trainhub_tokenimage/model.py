@@ -156,7 +156,8 @@ class TokenDiT(nn.Module):
             # codec raster index of the k-th block of patch n (blocks of a patch in raster order)
             pr, pc, sr, sc = torch.meshgrid(*(torch.arange(n) for n in (self.grid, self.grid, *sub)), indexing="ij")
             order = ((pr * sub[0] + sr) * codec.grid[1] + pc * sub[1] + sc).flatten()
-            self.register_buffer("raster", torch.argsort(order), persistent=False)
+            self.register_buffer("order", order, persistent=False)  # codec raster -> (patch, block of the patch)
+            self.register_buffer("raster", torch.argsort(order), persistent=False)  # and back
             self.register_buffer("patterns", codec.patterns.clone(), persistent=False)  # vocab x cells
         self.x_embed = nn.Conv2d(channels, hidden, patch_size, stride=patch_size)
         self.c_embed = nn.Conv2d(channels, hidden, patch_size, stride=patch_size) if conditional else None
@@ -237,12 +238,13 @@ class TokenDiT(nn.Module):
         """``B x capacity x vocab`` token logits, block ``i`` of the codec's raster order in row ``i``."""
         if self.head != "tokens":
             raise ValueError("logits need a TokenDiT built with head='tokens'")
-        f = self.features(noisy, t, condition, mask, condition_mask)
-        b, n, _ = f.shape
-        out = self.unembed(f.reshape(b, n * self.per_patch, -1))[:, self.raster].float()
-        if not self.skip:
-            return out
-        return out + self.likelihood(noisy, self._times(t, b))
+        b = noisy.shape[0]
+        if mask is None:
+            mask = torch.ones_like(noisy[:, :1])
+        like = self.likelihood(noisy * mask, self._times(t, b))  # the input's reading and, with skip, the logits' base
+        f = self.features(noisy, t, condition, mask, condition_mask, like=like)
+        out = self.unembed(f.reshape(b, f.shape[1] * self.per_patch, -1))[:, self.raster].float()
+        return out + like if self.skip else out
 
     def likelihood(self, noisy: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """``log p(noisy block | token v)`` up to a constant per block, ``B x capacity x vocab``: under
@@ -263,8 +265,10 @@ class TokenDiT(nn.Module):
         return self.codec.expected_image(logits)
 
     def features(self, noisy: torch.Tensor, t: torch.Tensor, condition: Optional[torch.Tensor] = None,
-                 mask: Optional[torch.Tensor] = None, condition_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """The final layer's output per noisy patch, ``B x patches x out``."""
+                 mask: Optional[torch.Tensor] = None, condition_mask: Optional[torch.Tensor] = None,
+                 like: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The final layer's output per noisy patch, ``B x patches x out``; ``like``: the tokens head's
+        :meth:`likelihood` of ``noisy * mask``, where the caller has it already."""
         b = noisy.shape[0]
         if mask is None:
             mask = torch.ones_like(noisy[:, :1])
@@ -272,8 +276,10 @@ class TokenDiT(nn.Module):
         n = tokens.shape[1]
         t = self._times(t, b)
         if self.head == "tokens":  # each block's own reading and its time, per patch
-            order = torch.argsort(self.raster)  # codec raster -> (patch, block of the patch)
-            probs = self.likelihood(noisy * mask, t).softmax(-1)[:, order]
+            order = self.order
+            if like is None:
+                like = self.likelihood(noisy * mask, t)
+            probs = like.softmax(-1)[:, order]
             probs = probs.reshape(b, n, self.per_patch, -1).to(tokens.dtype)
             read = torch.einsum("bnkv,kvh->bnh", probs, self.read_embed.to(tokens.dtype))
             tokens = tokens + read
