@@ -24,7 +24,7 @@ def test_gpu_check_on_cpu_passes_every_check(tmp_path):
     assert {"tool", "started", "wall_s", "plan", "host", "counts", "checks"} <= set(report)
     assert report["plan"] == {"device": "cpu", "tiny": True, "steps": 4, "jobs": 2, "budget_s": 480.0}
     checks = {c["name"]: c for c in report["checks"]}
-    assert set(checks) == {"env", "resume", "torchrun:ddp", "torchrun:fsdp", "bench:DiT-Ti/4-b4", "bench:SR3-4to16-b4",
+    assert set(checks) == {"env", "resume", "torchrun:ddp", "torchrun:fsdp", "bench:DiT-Ti/4-b4", "bench:SR3-4to16-b4", "first-step",
                            *(f"train:{r}:bf16" for r in RECIPES), "train:tiny:fp16", "train:timbre_gan:fp16"}
     failed = {n: (c["summary"], c["error"]) for n, c in checks.items() if c["status"] != "pass"}
     assert not failed, failed
@@ -41,6 +41,12 @@ def test_gpu_check_on_cpu_passes_every_check(tmp_path):
     for b in ("bench:DiT-Ti/4-b4", "bench:SR3-4to16-b4"):
         d = checks[b]["details"]
         assert d["plain_img_s"] > 0 and d["trainhub_img_s"] > 0 and d["ratio"] > 0 and d["targets_met"] is None
+    first = checks["first-step"]["details"]
+    for side in ("true", "false", "plain_loop"):
+        assert first[side]["first_s"] > 0 and first[side]["later_s"] > 0 and first[side]["memory_ratio"] > 0
+        assert first[side]["time_ratio"] == pytest.approx(first[side]["first_s"] / first[side]["later_s"], rel=0.05, abs=0.01)
+    assert first["vs_plain_first"] == pytest.approx(first["true"]["first_s"] / first["plain_loop"]["first_s"])
+    assert first["targets_met"] is None
 
     table = (out / "report.md").read_text()
     assert "| check | status | s | result |" in table and "| benchmark | plain img/s |" in table

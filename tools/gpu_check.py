@@ -21,8 +21,11 @@ Checks, each in its own subprocesses with its own timeout, so that a failure or 
 - ``bench:*``: tools/bench_dit.py and tools/bench_sr3.py (trainhub against a plain fp32/TF32 loop, torch.compile
   on the trainhub side), each alone on the device; img/s, ratio and MFU against the measured bf16 matmul peak,
   next to the targets.
+- ``first-step``: tools/bench_first_step.py (DiT-B/2, batch 64, bf16), alone: the first step, which counts the
+  run's FLOPs, against the later ones in time and peak memory (targets <= 1.1x and <= 1.05x), beside the same run
+  uncounted and a hand-written loop.
 
-env and the benchmarks run first, one at a time, then the rest ``--jobs`` at a time, all inside ``--budget``
+env and the benchmarks (first-step last) run first, one at a time, then the rest ``--jobs`` at a time, all inside ``--budget``
 seconds: a check that would not fit in what is left is skipped, and the report says so. The checks run this
 checkout's ``packages/*/src`` (put first on PYTHONPATH); the installed distributions provide the plugins' entry
 points and the dependencies.
@@ -446,6 +449,33 @@ def check_bench(ctx: Context, bench: Bench) -> tuple[str, dict[str, Any]]:
     return f"{d['plain_img_s']:.1f} -> {d['trainhub_img_s']:.1f} img/s ({d['ratio']:.2f}x){mfu}{verdict}", d
 
 
+FIRST_STEP = ("--set", "model.name=DiT-B/2", "--set", "train.batch_size=64", "--set", "train.precision=bf16")
+TINY_FIRST_STEP = ("--steps", "5", "--set", "model.name=DiT-Ti/8", "--set", "data.image_size=16", "--set", "train.batch_size=4")
+
+
+def check_first_step(ctx: Context) -> tuple[str, dict[str, Any]]:
+    """tools/bench_first_step.py: the first step (FLOPs counted) against the later ones, in time and peak memory;
+    targets <= 1.1x and <= 1.05x on CUDA."""
+    args = TINY_FIRST_STEP if ctx.plan.tiny else FIRST_STEP
+    out = ctx.call([sys.executable, ROOT / "tools" / "bench_first_step.py", "--device", ctx.plan.device, *args])
+    rows = {r.get("measure_flops (or the plain loop)"): r for r in markdown_rows(out)}
+    if set(rows) != {"true", "false", "plain loop"}:
+        raise CheckFailed(f"expected rows true, false and plain loop in the table of bench_first_step.py, got {sorted(rows)}",
+                          tail(out))
+    d: dict[str, Any] = {side.replace(" ", "_"): {"first_s": number(r, "first step s"), "later_s": number(r, "later steps s"),
+                                                  "time_ratio": number(r, "time ratio"), "memory_ratio": number(r, "memory ratio")}
+                         for side, r in rows.items()}
+    counted = d["true"]
+    if not all(v is not None and math.isfinite(v) and v > 0 for side in d.values() for v in side.values()):
+        raise CheckFailed(f"implausible numbers: {rows}", tail(out))
+    d["vs_plain_first"] = counted["first_s"] / d["plain_loop"]["first_s"]
+    d["targets_met"] = None if ctx.plan.tiny else counted["time_ratio"] <= 1.1 and counted["memory_ratio"] <= 1.05
+    verdict = {True: "; targets met", False: "; TARGET MISSED", None: ""}[d["targets_met"]]
+    return (f"first/later step {counted['time_ratio']:.2f}x time, {counted['memory_ratio']:.3f}x peak memory (FLOPs counted; "
+            f"uncounted {d['false']['time_ratio']:.2f}x, plain loop {d['plain_loop']['time_ratio']:.2f}x); first step "
+            f"{d['vs_plain_first']:.2f}x the plain loop's{verdict}"), d
+
+
 @dataclass(frozen=True)
 class Check:
     name: str
@@ -461,6 +491,7 @@ def catalogue(plan: Plan) -> list[Check]:
     checks = [Check("env", check_env, 15, 120, alone=True)]
     for b in TINY_BENCHES if plan.tiny else BENCHES:
         checks.append(Check(f"bench:{b.name}", partial(check_bench, bench=b), 20 if plan.tiny else 90, 300, alone=True))
+    checks.append(Check("first-step", check_first_step, 15 if plan.tiny else 40, 200, alone=True))
     checks += [Check(f"train:{r}:bf16", partial(check_train, recipe=r, mode="bf16"), 45, 200) for r in RECIPES]
     checks.append(Check("resume", check_resume, 40, 200))
     checks += [Check(f"torchrun:{s}", partial(check_torchrun, strategy=s), 20, 120) for s in ("ddp", "fsdp")]
