@@ -62,6 +62,10 @@ def test_compile_on_cpu_trains(tmp_path, quiet):
     pytest.importorskip("torch._inductor")
     res = train("tiny", overrides=quiet + ["train.compile=true", "train.max_steps=3", "model.hidden=16"], run_dir=tmp_path / "c")
     assert res.status == "completed" and res.step == 3
+    # not counted: under the counting dispatch mode the compiled model would run its first step eagerly
+    records = [json.loads(line) for line in (tmp_path / "c" / "metrics.jsonl").read_text().splitlines()]
+    train_records = [r for r in records if r.get("kind") == "train"]
+    assert train_records and not any("flops_per_sample" in r for r in train_records)
 
 
 def test_counted_flops_equal_torchs_flop_counter_forward_and_backward():

@@ -107,7 +107,7 @@ class TrainConfig(Section):
     activation_checkpointing: bool = Field(False, description="recompute each block's activations in backward (Recipe.blocks)")
     channels_last: bool = Field(False, description="channels-last memory format for conv nets (faster convolutions on CUDA)")
     measure_flops: bool = Field(True, description="count the FLOPs of the first optimizer step as it runs; logs tflops "
-                                "and, on CUDA, mfu")
+                                "and, on CUDA, mfu (not with train.compile: a compiled model runs eagerly while counted)")
     strategy: Literal["ddp", "fsdp"] = Field("ddp", description="ddp, or fsdp (FSDP2 fully_shard per block; for large models)")
 
     @field_validator("batch_size", mode="before")

@@ -42,7 +42,8 @@ class StepFlops:
     bookkeeping made DiT-S/4's counted step 1.44x an uncounted one where this costs about 1.09x on a CPU, of which
     1.075x is any Python dispatch mode's own cost per op). The optimizer step,
     clipping and EMA stay outside: they are not model FLOPs. The trainer counts the first step of a run that
-    starts at step 0; a resumed run takes the count from its checkpoint."""
+    starts at step 0, unless the models are compiled (a compiled module runs eagerly under a dispatch mode); a
+    resumed run takes the count from its checkpoint."""
 
     def __init__(self) -> None:
         self.total = 0
