@@ -174,3 +174,27 @@ def test_end_process_runs_exit_handlers_flushes_and_keeps_the_code(tmp_path):
             f"end_process(3)\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env(), timeout=60)
     assert r.returncode == 3 and r.stdout == "unflushed line" and marker.read_text() == "yes"
+
+
+def _merge(rank: int, port: int, out: str) -> None:
+    import torch.distributed as tdist
+
+    from trainhub.training.distributed import mean_where_reported
+
+    tdist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        local = {"val_loss": 1.0 + rank, **({"probe_acc": 0.25, "fid": 7.0} if rank == 0 else {"only_rank1": 3.0})}
+        merged = mean_where_reported(local, torch.device("cpu"))
+        empty = mean_where_reported({}, torch.device("cpu"))
+        Path(out, f"{rank}.json").write_text(json.dumps([merged, empty]))
+    finally:
+        tdist.destroy_process_group()
+
+
+def test_eval_metrics_that_only_some_ranks_return_are_averaged_over_those(tmp_path):
+    """A recipe computing sample metrics on rank 0 alone: every rank ends with the same keys (no mismatched
+    collective), each the mean over the ranks that reported it."""
+    torch.multiprocessing.spawn(_merge, args=(_port(), str(tmp_path)), nprocs=2)
+    want = {"val_loss": 1.5, "probe_acc": 0.25, "fid": 7.0, "only_rank1": 3.0}
+    for rank in (0, 1):
+        assert json.loads((tmp_path / f"{rank}.json").read_text()) == [want, {}]

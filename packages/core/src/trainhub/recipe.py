@@ -155,7 +155,8 @@ class Recipe:
         raise NotImplementedError
 
     def evaluate(self, ctx: EvalContext) -> dict[str, float]:
-        """Metrics on this rank's validation shard (averaged over ranks by the trainer).
+        """Metrics on this rank's validation shard, averaged by the trainer over the ranks that return each (one that
+        only the main rank computes, say from its samples, keeps the main rank's value).
 
         ``ctx.data`` yields CPU batches: move them to ``ctx.device`` and run forwards under ``with ctx.autocast():``.
         Models are in eval mode with EMA weights, gradients are off, and the training random streams are untouched.

@@ -104,6 +104,21 @@ def all_reduce_mean(values: dict[str, float], device: torch.device) -> dict[str,
     return dict(zip(keys, t.tolist()))
 
 
+def mean_where_reported(values: dict[str, float], device: torch.device) -> dict[str, float]:
+    """Average each key over the ranks that report it, so every rank returns the same keys: an eval metric that only
+    the main rank computes (from its samples) keeps the main rank's value, one every rank computes is their mean."""
+    if world_size() == 1:
+        return values
+    reported: list[Any] = [None] * world_size()
+    dist.all_gather_object(reported, sorted(values))
+    keys = sorted(set().union(*reported))
+    if not keys:
+        return {}
+    t = torch.tensor([[float(values.get(k, 0.0)), float(k in values)] for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return {k: total / count for k, (total, count) in zip(keys, t.tolist())}
+
+
 def broadcast_object(obj: Any, src: int = 0) -> Any:
     if world_size() == 1:
         return obj

@@ -420,7 +420,7 @@ class Trainer:
         for n, m in models.items():
             m.train(was_training[n])
         self.strategy.after_eval(self.raw_models)
-        metrics = dist.all_reduce_mean({k: float(v) for k, v in metrics.items()}, self.device)
+        metrics = dist.mean_where_reported({k: float(v) for k, v in metrics.items()}, self.device)
         metrics["eval_time"] = time.perf_counter() - t0
         self.last_eval = metrics
         if self.is_main:
