@@ -53,3 +53,15 @@ def test_eval_scores_the_best_checkpoint_of_a_run(run, capsys):
     assert f"from {run / 'checkpoints' / best['checkpoint']}" in captured.err
     assert cli_main(["eval", "tiny", "--checkpoint", f"{run}:last"]) == 0
     assert "checkpoint-12" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("ema", [True, False])
+def test_weights_of_another_shape_are_one_line_naming_the_file(run, capsys, ema):
+    """EMA weights (what sample and eval load by default) and raw weights alike."""
+    capsys.readouterr()
+    args = ["eval", "tiny", "--checkpoint", f"{run}:last", "model.hidden=8"] + ([] if ema else ["--no-ema"])
+    assert cli_main(args) == 2
+    err = capsys.readouterr().err.strip()
+    name = "ema.safetensors" if ema else "model.safetensors"
+    assert "\n" not in err and "Traceback" not in err
+    assert err.startswith("trainhub: error: ") and f"{name}: weights do not match model 'model'" in err and "size mismatch" in err

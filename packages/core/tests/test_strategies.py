@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import torch
@@ -10,6 +11,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from safetensors.torch import load_file
 
+from trainhub import hookimpl
 from trainhub.builtin.samplers import GroupedSampler
 from trainhub.builtin.tiny import TinyRecipe
 from trainhub.builtin.tiny_config import TinyConfig
@@ -117,3 +119,35 @@ def test_frozen_teacher_is_untouched_and_student_checkpoint_is_ordinary(tmp_path
     from trainhub.training import checkpoint as ckpt
 
     ckpt.load_models(student.last_checkpoint, {"model": TinyMLP(8, 16, 2, 0.1)}, ema=True)
+
+
+class Student(DistillTiny):
+    """A distillation recipe that keeps something of its config on itself when it builds its models."""
+
+    name = "student"
+
+    def build_models(self, config):
+        self.hidden = config.model.hidden
+        return super().build_models(config)
+
+
+def test_the_teacher_build_leaves_the_students_recipe_alone_and_the_student_evaluates_without_it(
+        tmp_path, quiet, trainhub_register, capsys):
+    from trainhub.cli import main
+
+    class Plugin:
+        @hookimpl
+        def trainhub_register_recipes(self, register):
+            register(Student)
+
+    trainhub_register(Plugin())
+    teacher = train("student", overrides=quiet + ["train.max_steps=4", "model.hidden=64"], run_dir=tmp_path / "teacher")
+    recipe = Student()
+    student = train(recipe, overrides=quiet + ["train.max_steps=2", "model.hidden=16", f"distill.teacher={teacher.run_dir}"],
+                    run_dir=tmp_path / "student")
+    assert recipe.hidden == 16  # the teacher (hidden 64) was built by a copy of the recipe
+    shutil.rmtree(teacher.run_dir)  # sampling and evaluating a student needs no teacher
+    capsys.readouterr()
+    assert main(["eval", "student", "--checkpoint", str(student.run_dir)]) == 0, capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "loaded ema.safetensors" in err and "teacher" not in err

@@ -323,6 +323,7 @@ def cmd_doctor(args: argparse.Namespace, rest: list[str]) -> int:
 
 
 def _load_for_inference(command: str, recipe_name: str, checkpoint: str, ema: bool, overrides: list[str]) -> tuple[Any, Any, dict, Path]:
+    from trainhub.config import DistillConfig
     from trainhub.plugins import get_plugins
     from trainhub.resolve import resolve_config
     from trainhub.training import checkpoint as ckpt
@@ -334,6 +335,9 @@ def _load_for_inference(command: str, recipe_name: str, checkpoint: str, ema: bo
     run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
     cfg_file = run_dir / "config.yaml"
     config = resolve_config(recipe, plugins, cfg_file if cfg_file.is_file() else None, overrides)
+    distill = getattr(config, "distill", None)
+    if isinstance(distill, DistillConfig) and distill.teacher:  # a student samples and evaluates without its teacher
+        config = config.model_copy(update={"distill": distill.model_copy(update={"teacher": None})})
     models = recipe.build_models(config)
     used = ckpt.load_models(path, models, ema=ema)
     print(f"trainhub: loaded {', '.join(used)} from {path}", file=sys.stderr)

@@ -15,6 +15,7 @@ the EMA and the optimizer; on resume the checkpoint then replaces it, so resume 
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -26,7 +27,8 @@ from trainhub.errors import UserError
 
 
 def load_teacher(recipe: Any, cfg: DistillConfig, name: str = "model") -> nn.Module:
-    """Build the teacher from its own saved ``config.yaml`` and load its weights; frozen, eval mode."""
+    """Build the teacher from its own saved ``config.yaml`` and load its weights; frozen, eval mode. The teacher is
+    built by a copy of ``recipe``, so whatever ``build_models`` keeps on the recipe (its loss, say) stays the student's."""
     from trainhub.plugins import get_plugins
     from trainhub.resolve import resolve_config
     from trainhub.training import checkpoint as ckpt
@@ -39,7 +41,7 @@ def load_teacher(recipe: Any, cfg: DistillConfig, name: str = "model") -> nn.Mod
     if not cfg_file.is_file():
         raise UserError(f"distill.teacher: {cfg_file} not found (the teacher's resolved config)")
     tconf = resolve_config(recipe, get_plugins(), Path(cfg_file), cfg.teacher_overrides)
-    teacher = recipe.build_models(tconf)[name]
+    teacher = copy.deepcopy(recipe).build_models(tconf)[name]
     ckpt.load_models(path, {name: teacher}, ema=cfg.use_ema)
     return teacher.eval().requires_grad_(False)
 

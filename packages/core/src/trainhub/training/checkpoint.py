@@ -365,7 +365,7 @@ def load_models(directory: Path, models: dict[str, nn.Module], ema: bool = False
         if not (directory / model_file(name)).is_file() and is_sharded_checkpoint(directory):
             has_ema = (directory / ema_file(name).replace(".safetensors", "_shard_rank0.safetensors")).is_file()
             sd = consolidate(directory, name, ema=ema and has_ema)
-            missing, unexpected = m.load_state_dict(sd, strict=False)
+            missing, unexpected = _load_state_dict(m, sd, directory, name)
             if strict and (unexpected or [k for k in missing if k in dict(m.named_parameters())]):
                 raise UserError(f"{directory}: sharded weights do not match model {name!r}")
             used.append(f"{'ema ' if ema and has_ema else ''}{name} shards (consolidated)")
@@ -376,8 +376,7 @@ def load_models(directory: Path, models: dict[str, nn.Module], ema: bool = False
         if not f.is_file():
             raise UserError(f"checkpoint {directory} has no weights for model {name!r} ({f.name})")
         if f.name.startswith("ema"):
-            sd = read_tensors(f)
-            missing, unexpected = m.load_state_dict(sd, strict=False)
+            missing, unexpected = _load_state_dict(m, read_tensors(f), f, name)
             missing = [k for k in missing if k in dict(m.named_parameters())]  # EMA files skip non-persistent buffers
             if strict and (missing or unexpected):
                 raise UserError(f"{f}: weights do not match model {name!r}: missing {missing[:3]}, unexpected {unexpected[:3]}")
@@ -387,10 +386,22 @@ def load_models(directory: Path, models: dict[str, nn.Module], ema: bool = False
             except (SafetensorError, OSError) as e:
                 raise damaged(f, _reason(e)) from None
             except RuntimeError as e:
-                raise UserError(f"{f}: weights do not match model {name!r} (was it trained with another model config?): "
-                                f"{' '.join(str(e).split())[:300]}") from None
+                raise _mismatch(f, name, e) from None
         used.append(f.name)
     return used
+
+
+def _load_state_dict(m: nn.Module, sd: dict[str, torch.Tensor], source: Path, name: str) -> tuple[list[str], list[str]]:
+    """``m.load_state_dict(sd, strict=False)``; a tensor of another shape is one line naming ``source``."""
+    try:
+        return m.load_state_dict(sd, strict=False)
+    except RuntimeError as e:
+        raise _mismatch(source, name, e) from None
+
+
+def _mismatch(source: Path, name: str, e: RuntimeError) -> UserError:
+    return UserError(f"{source}: weights do not match model {name!r} (was it trained with another model config?): "
+                     f"{' '.join(str(e).split())[:300]}")
 
 
 def load_ema(directory: Path, name: str) -> Optional[dict[str, torch.Tensor]]:
