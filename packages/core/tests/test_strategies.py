@@ -150,4 +150,4 @@ def test_the_teacher_build_leaves_the_students_recipe_alone_and_the_student_eval
     capsys.readouterr()
     assert main(["eval", "student", "--checkpoint", str(student.run_dir)]) == 0, capsys.readouterr().err
     err = capsys.readouterr().err
-    assert "loaded ema.safetensors" in err and "teacher" not in err
+    assert err == f"trainhub: loaded ema.safetensors from {student.run_dir / 'checkpoints' / 'checkpoint-2'}\n"
