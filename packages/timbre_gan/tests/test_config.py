@@ -33,6 +33,8 @@ def test_schema_and_shipped_configs(check_config_schema):
     ("data.source_dir={tmp}/no_such_folder", "is not a folder"),
     ("data.val_every=0", "data.val_every=0 holds out no validation files"),
     ("data.val_every=3 data.synth.num_files=2 data.synth.seconds=1.0", "has no validation pairs (data.val_every=3"),
+    ("train.warmup_steps=5 data.synth.num_files=3 data.synth.seconds=1.0 data.val_every=3",
+     "train.warmup_steps=5 and gan.warmup_epochs=1 both set the warm-up; set one"),
 ])
 def test_bad_input_is_one_line_error(override, message, tmp_path, capsys):
     rc = main(["run", "timbre_gan", *override.format(tmp=tmp_path).split(), f"data.cache_dir={tmp_path}/cache", "--run-dir",

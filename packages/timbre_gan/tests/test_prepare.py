@@ -135,3 +135,23 @@ def test_cli_prepares_with_overrides_and_explains_bad_arguments(tmp_path, capsys
                  "data.synth.seconds=1.0", "data.val_every=2"]) == 0
     assert "train.txt and val.txt written" in capsys.readouterr().out
     assert len(read_pair_list(tmp_path / "train.txt")) == 2 and len(read_pair_list(tmp_path / "val.txt")) == 2
+
+
+def test_a_source_with_nan_samples_is_reported_and_left_out(tmp_path, tiny_data):
+    """NaN samples would pass the silence check and become full-scale garbage in the 24-bit pairs: the file is
+    reported by path, like an unreadable one, and makes no pairs."""
+    src = tmp_path / "music"
+    src.mkdir()
+    n = np.arange(32000)
+    sf.write(str(src / "a_good.wav"), 0.3 * np.sin(n / 4), 16000)
+    broken = 0.3 * np.sin(n / 7)
+    broken[100:200] = np.nan
+    broken[300] = np.inf
+    sf.write(str(src / "b_nan.wav"), broken, 16000, subtype="FLOAT")
+    data = tiny_data(source_dir=str(src))  # two sources, both train (val_every 3)
+    res = prepare(data, tmp_path / "out", progress=False)
+    assert res.problems == [f"{src / 'b_nan.wav'}: 101 non-finite samples (NaN or infinity), left out"]
+    assert res.bad_pairs == 0 and res.pairs == 4
+    listed = [p for pair in read_pair_list(tmp_path / "out" / "train.txt") for p in pair]
+    assert len(listed) == 8 and all(p.split("/")[1].startswith("a_good") for p in listed)
+    assert not [p for sub in ("clean", "degraded") for p in (tmp_path / "out" / sub).glob("b_nan*")]

@@ -80,6 +80,47 @@ def test_resume_across_the_gan_start_is_exact(tiny, full_run, tmp_path, interrup
         assert same(a, b), name
 
 
+def test_a_saved_config_derives_the_warmup_again_from_its_own_data(tiny, full_run, tmp_path):
+    """train.warmup_steps derived from gan.warmup_epochs is saved in config.yaml but is not a user setting: eval on
+    another prepared folder and a new run from the saved config derive it again (12 pairs / batch 4 = 3 steps per
+    epoch: 6 warm-up steps, not the saved 4)."""
+    from trainhub_timbre_gan.data import read_pair_list
+    from trainhub_timbre_gan.prepare import prepare
+
+    recipe, plugins = get_plugins().recipe("timbre_gan"), get_plugins()
+    saved = full_run.run_dir / "config.yaml"
+    assert resolve_config(recipe, plugins, saved).train.warmup_steps == 4
+    other = tmp_path / "other"
+    prepare(resolve_config(recipe, plugins, None, tiny + ["data.synth.num_files=9"]).data, other, progress=False)
+    assert len(read_pair_list(other / "train.txt")) == 12
+    assert main(["eval", "timbre_gan", "--checkpoint", str(full_run.run_dir), f"data.root={other}"]) == 0
+    run_dir = tmp_path / "again"
+    assert main(["run", "timbre_gan", "--config", str(saved), "--run-dir", str(run_dir), f"data.root={other}", "train.epochs=1"]) == 0
+    lrs = [round(r["lr_g"] / 2e-4, 4) for r in read_metrics_file(run_dir, "train")]
+    assert lrs == [0.3333, 0.5, 0.6667]  # a 6-step warm-up
+    again = resolve_config(recipe, plugins, run_dir / "config.yaml")
+    assert (again.train.warmup_steps, again.gan.derived_warmup_steps) == (6, 6)
+
+
+def test_sample_on_a_folder_skips_sub_folders_and_refuses_two_inputs_with_one_output(full_run, tmp_path, capsys):
+    src = tmp_path / "in"
+    (src / "a_session.wav").mkdir(parents=True)  # a folder named like audio, sorted first
+    sf.write(str(src / "take.wav"), 0.3 * np.sin(np.arange(16000) / 3), 16000)
+    ckpt = ["sample", "timbre_gan", "--checkpoint", str(full_run.run_dir), "--device", "cpu", "--input", str(src)]
+    assert main([*ckpt, "--out", str(tmp_path / "a")]) == 0
+    assert [p.name for p in (tmp_path / "a").iterdir()] == ["take_restored.wav"]
+    assert sf.info(str(tmp_path / "a" / "take_restored.wav")).frames == 16000
+
+    sf.write(str(src / "take.flac"), 0.3 * np.sin(np.arange(32000) / 9), 16000)  # would write take_restored.wav too
+    capsys.readouterr()
+    assert main([*ckpt, "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "Traceback" not in "\n".join(err)
+    assert err[-1] == (f"trainhub: error: --input {src}: {src / 'take.flac'} and {src / 'take.wav'} would both be restored to "
+                       f"{tmp_path / 'b' / 'take_restored.wav'}; rename one of them")
+    assert not list((tmp_path / "b").iterdir())  # refused before anything is written
+
+
 def test_a_short_cpu_run_of_the_default_problem_learns_through_the_gan_start_and_samples(tiny, tmp_path, capsys):
     """The default degradation chain, lr, EMA and losses on the tiny data and networks, shortened to 40 steps with
     the GAN on for the last 6: the restored validation audio moves toward the clean one from eval to eval and

@@ -55,6 +55,8 @@ class LossConfig(Section):
 
 class GANConfig(Section):
     warmup_epochs: int = Field(1, ge=0, description="linear lr warm-up over this many epochs (sets train.warmup_steps)")
+    derived_warmup_steps: int = Field(0, ge=0, description="written by the recipe, not a setting: the train.warmup_steps it "
+                                      "derived from warmup_epochs, so that a saved config derives it again from its own data")
     gan_start_epoch: int = Field(15, ge=0, description="before this epoch: reconstruction losses only, discriminator frozen")
     d_lr: Optional[float] = Field(None, gt=0.0, description="discriminator lr; null = train.lr")
     spike_factor: float = Field(10.0, gt=1.0, description="warn when a loss term exceeds this x its recent median")

@@ -143,7 +143,11 @@ class MultiResolutionDiscriminator(nn.Module):
 def restore_long(generator: nn.Module, wave: torch.Tensor, chunk: int, context: int) -> torch.Tensor:
     """Restore ``(channels, T)`` audio of any length in chunks of ``chunk`` samples, each run with ``context``
     samples of real audio on both sides that are then dropped (the generator is fully convolutional, so with
-    context beyond its receptive field the result equals one pass over the whole file)."""
+    context beyond its receptive field the result equals one pass over the whole file). ``chunk`` and ``context``
+    are rounded up to multiples of the generator's total stride (``generator.hop``), so every chunk starts on the
+    same stride phase as the one pass."""
+    hop = getattr(generator, "hop", 1)
+    chunk, context = -(-chunk // hop) * hop, -(-context // hop) * hop
     total = wave.shape[-1]
     x = wave.unsqueeze(1)  # channels as the batch
     out = torch.empty_like(x)

@@ -110,11 +110,18 @@ def shard(sources: list[Source], idx: int, count: int) -> list[Source]:
     return sources[idx::count]
 
 
+class UnusableSource(Exception):
+    """A source file that reads but cannot make pairs (its message says why)."""
+
+
 def load_source(src: Source, data: "TimbreData") -> np.ndarray:
-    """Mono float32 at ``data.sample_rate``."""
+    """Mono float32 at ``data.sample_rate``; a file with NaN or infinite samples raises ``UnusableSource``."""
     if src.path is None:
         return synth_piece(int(src.key.split("-")[1]), data.seed, data.synth.seconds, data.sample_rate)
     wave, sr = read_audio(src.path)
+    bad = int(np.count_nonzero(~np.isfinite(wave)))
+    if bad:
+        raise UnusableSource(f"{bad} non-finite samples (NaN or infinity)")
     return resample(to_mono(wave), sr, data.sample_rate).astype(np.float32)
 
 
@@ -148,6 +155,8 @@ def process_source(src: Source, data: "TimbreData", out: Path, skip_existing: bo
             pass  # unreadable manifest: redo this source
     try:
         wave = load_source(src, data)
+    except UnusableSource as exc:
+        return {"key": src.key, "error": f"{src.path}: {exc}, left out"}
     except Exception as exc:  # an unreadable source is reported by path, the others go on
         return {"key": src.key, "error": f"{src.path}: cannot read ({type(exc).__name__}: {exc})"}
     records, chains = [], []

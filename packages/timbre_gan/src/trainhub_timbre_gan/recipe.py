@@ -110,21 +110,26 @@ class TimbreGANRecipe(Recipe):
         return train, val
 
     def _set_warmup(self, config: TimbreGANConfig, n_train: int) -> None:
-        """``gan.warmup_epochs`` -> ``train.warmup_steps`` (the trainer's warm-up counts optimizer steps)."""
+        """``gan.warmup_epochs`` -> ``train.warmup_steps`` (the trainer's warm-up counts optimizer steps). The value is
+        recorded in ``gan.derived_warmup_steps``: a saved config.yaml (a resume, a new run from it, eval on other
+        data) derives it again from the data it is built with instead of taking it for a user-set warm-up."""
         from trainhub.training import distributed as dist
 
-        tc, epochs = config.train, config.gan.warmup_epochs
-        if not epochs:
+        tc, g = config.train, config.gan
+        if g.derived_warmup_steps and tc.warmup_steps == g.derived_warmup_steps:
+            tc.warmup_steps = 0  # derived by an earlier build, not set by the user
+        g.derived_warmup_steps = 0
+        if not g.warmup_epochs:
             return
         if tc.batch_size == "auto":
             raise UserError("gan.warmup_epochs needs a numeric train.batch_size; with batch_size auto set gan.warmup_epochs=0 "
                             "and train.warmup_steps")
         per_epoch = max(1, n_train // dist.world_size() // (tc.batch_size * tc.gradient_accumulation_steps))
-        steps = epochs * per_epoch
+        steps = g.warmup_epochs * per_epoch
         if tc.warmup_steps not in (0, steps):
-            raise UserError(f"train.warmup_steps={tc.warmup_steps} and gan.warmup_epochs={epochs} both set the warm-up; "
+            raise UserError(f"train.warmup_steps={tc.warmup_steps} and gan.warmup_epochs={g.warmup_epochs} both set the warm-up; "
                             "set one (gan.warmup_epochs=0 to use train.warmup_steps)")
-        tc.warmup_steps = steps
+        tc.warmup_steps = g.derived_warmup_steps = steps
 
     # ---- training ----
     def stft_loss(self, config: TimbreGANConfig, device: torch.device) -> nn.Module:
@@ -269,13 +274,23 @@ class TimbreGANRecipe(Recipe):
         from trainhub_timbre_gan.model import restore_long
 
         src = Path(args.input)
-        paths = sorted(q for q in src.rglob("*") if q.suffix.lower() in AUDIO_EXTENSIONS) if src.is_dir() else [src]
-        if not paths or not paths[0].is_file():
+        if src.is_dir():
+            paths = sorted(q for q in src.rglob("*") if q.suffix.lower() in AUDIO_EXTENSIONS and q.is_file())
+            names = [q.relative_to(src).with_suffix("") for q in paths]
+        else:
+            paths, names = ([src], [Path(src.stem)]) if src.is_file() else ([], [])
+        if not paths:
             raise UserError(f"--input {src}: no audio files found ({', '.join(AUDIO_EXTENSIONS)})")
+        targets = [out_dir / n.with_name(n.name + "_restored.wav") for n in names]
+        seen: dict[str, Path] = {}
+        for path, target in zip(paths, targets):  # take.wav and take.flac: refused before anything is written
+            first = seen.setdefault(str(target).casefold(), path)
+            if first != path:
+                raise UserError(f"--input {src}: {first} and {path} would both be restored to {target}; rename one of them")
         sr = config.data.sample_rate
         gen = models["generator"]
         chunk = max(1, int(args.chunk_seconds * sr))
-        for path in paths:
+        for path, target in zip(paths, targets):
             try:
                 wave, file_sr = read_audio(path)
             except Exception as exc:
@@ -283,8 +298,6 @@ class TimbreGANRecipe(Recipe):
                 continue
             x = torch.from_numpy(resample(wave, file_sr, sr)).to(args.device)
             y = restore_long(gen, x, chunk, context=sr // 2)
-            target = out_dir / (path.relative_to(src).with_suffix("") if src.is_dir() else Path(path.stem))
-            target = target.with_name(target.name + "_restored.wav")
             target.parent.mkdir(parents=True, exist_ok=True)
             write_audio_atomic(target, y.float().cpu().numpy().T, sr, subtype="FLOAT")  # restored audio may pass 1.0
             note = f" (resampled {file_sr} -> {sr} Hz)" if file_sr != sr else ""
