@@ -23,6 +23,6 @@ def embedded_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(tmp_path_factory.mktemp("vrt_spike_cache"))
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def tiny(embedded_dir: str) -> list[str]:
     return TINY_MODEL + TINY_DATA + FAST + [f"data.embedded.dir={embedded_dir}"]

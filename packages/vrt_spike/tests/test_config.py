@@ -104,3 +104,18 @@ def test_base_and_value_errors(tmp_path):
     f.write_text("DATA: {K: 32, NUM_VOXEL_BINS: 5}\n")
     with pytest.raises(UserError, match="both set data.num_bins"):
         resolve(f)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["model.window_size=0"], "model.window_size=0: use one number >= 1 or [frames, height, width]"),
+    (["model.window_size=[2,0,4]"], "model.window_size=[2, 0, 4]: use one number >= 1"),
+    (["model.window_size=[4,4]"], "model.window_size=[4, 4]: use one number >= 1 or [frames, height, width]"),
+    (["model.depths=[2,2,2,2,1,1,1,2,2]", "model.embed_dims=[16,16,16,16,16,16,16,24,32]"],
+     "model.embed_dims=[16, 16, 16, 16, 16, 16, 16, 24, 32]: entries 8 onward (the stage-8 groups of model.depths) share one width"),
+])
+def test_shapes_the_network_cannot_take_are_one_line_config_errors(capsys, overrides, message):
+    from trainhub.cli import main
+
+    assert main(["run", "vrt_spike", *overrides, "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 
@@ -11,17 +12,32 @@ import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from trainhub import UserError
+from trainhub.plugins import get_plugins
+from trainhub.resolve import resolve_config
+from trainhub.training import data as core_data
 from trainhub_vrt_spike import simulate as sim
 from trainhub_vrt_spike import spike as S
 from trainhub_vrt_spike.cache import LRUCache
 from trainhub_vrt_spike.config import total_workers
-from trainhub_vrt_spike.data import SpikeDeblurDataset
+from trainhub_vrt_spike.data import SpikeDeblurDataset, read_image
+from trainhub_vrt_spike.recipe import dataset_kwargs, describe_loader, loader_workers
 
 
 @pytest.fixture(scope="module")
 def dataset_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("gopro_spike")
     return sim.generate(root, sim.SimSettings(size=24, frames=5, subframes=8), 3, 1, seed=0, voxel_bins=4, progress=False)
+
+
+def resolve(overrides):
+    plugins = get_plugins()
+    return resolve_config(plugins.recipe("vrt_spike"), plugins, None, overrides)
+
+
+def small_dataset(path, frames=2):
+    """One val sequence of 16x16 frames with 4 spike frames per exposure."""
+    root = sim.generate(path, sim.SimSettings(size=16, frames=frames, subframes=4), 0, 1, seed=0, progress=False)
+    return root, next((root / "val").iterdir())
 
 
 def arrays(n_bytes: int) -> tuple[np.ndarray, ...]:
@@ -111,6 +127,49 @@ def test_dataset_items_and_precomputed_voxels(dataset_root):
         SpikeDeblurDataset(dataset_root, "train", seq_len=2, num_bins=16)[0]
     with pytest.raises(UserError, match="does not exist"):
         SpikeDeblurDataset(dataset_root, "test", seq_len=2)
+
+
+def test_spike_format_of_meta_json_is_read_with_the_default_config(tmp_path):
+    root, seq = small_dataset(tmp_path / "ds")
+    streams = {f.stem: S.read_dat(f, 16, 16) for f in (seq / "spike").glob("*.dat")}
+    for stem, spikes in streams.items():
+        S.write_dat(seq / "spike" / f"{stem}.dat", spikes, "bytes")
+    meta = json.loads((root / "meta.json").read_text())
+    (root / "meta.json").write_text(json.dumps({**meta, "spike_format": "bytes"}))
+    cfg = resolve([f"data.root={root}", "data.num_bins=2"])
+    ds = SpikeDeblurDataset(root, "val", 1, **dataset_kwargs(cfg))  # as the recipe builds it
+    np.testing.assert_allclose(ds[0]["spike"][0].numpy(), S.voxelize(streams["000000"], 2), atol=1e-3)
+    for stem, spikes in streams.items():  # an explicit data.spike_format wins over meta.json
+        S.write_dat(seq / "spike" / f"{stem}.dat", spikes, "bitpacked")
+    cfg = resolve([f"data.root={root}", "data.num_bins=2", "data.spike_format=bitpacked"])
+    ds = SpikeDeblurDataset(root, "val", 1, **dataset_kwargs(cfg))
+    np.testing.assert_allclose(ds[1]["spike"][0].numpy(), S.voxelize(streams["000001"], 2), atol=1e-3)
+
+
+def test_unpadded_frame_numbers_are_read_in_time_order(tmp_path):
+    root, seq = small_dataset(tmp_path / "ds", frames=12)
+    for sub in ("blur", "sharp", "spike"):
+        for f in (seq / sub).iterdir():
+            f.rename(f.with_name(f"{int(f.stem)}{f.suffix}"))  # 000009.png -> 9.png
+    ds = SpikeDeblurDataset(root, "val", 2, spike_input="raw")
+    assert list(ds.frame_stem) == [str(i) for i in range(12)]
+    item = ds[9]  # the clip of frames 9 and 10
+    for k, stem in enumerate(("9", "10")):
+        np.testing.assert_array_equal((item["blur"][k] * 255).round().byte().numpy(), read_image(seq / "blur" / f"{stem}.png"))
+        np.testing.assert_array_equal((item["sharp"][k] * 255).round().byte().numpy(), read_image(seq / "sharp" / f"{stem}.png"))
+        np.testing.assert_array_equal(item["spike"][k].numpy(), S.read_dat(seq / "spike" / f"{stem}.dat", 16, 16))
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")  # 16 pretended CPUs on a smaller machine
+@pytest.mark.parametrize("cpus", [2, 16])
+def test_cache_is_sized_for_the_workers_core_starts(monkeypatch, cpus):
+    monkeypatch.setattr(core_data, "cpu_count", lambda: cpus)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    cfg = resolve(["train.device=cpu"])
+    assert cfg.loader.num_workers == "auto"
+    loader, _ = core_data.build_loader([torch.zeros(2)] * 4, 2, cfg.loader, 0, 0, 1, False, cpu_training=True)
+    assert loader_workers(cfg) == loader.num_workers
+    assert f"{loader.num_workers} workers per process" in describe_loader(cfg)
 
 
 @pytest.mark.parametrize("setting,cpus,gpus,expected", [

@@ -1,10 +1,12 @@
 """CPU runs: train, evaluate, stop, resume exactly; stage timings, cache hit rate and memory lines in the
-logs; restore a sequence from the command line; distillation from a frozen teacher; progressive crops."""
+logs; restore a sequence from the command line (and odd sequence folders); the RAM cache with the default
+loader workers; distillation from a frozen teacher; progressive crops."""
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +17,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from trainhub import UserError
+from trainhub.cli import main
 from trainhub.plugins import get_plugins
 from trainhub.resolve import resolve_config
 from trainhub.testing import assert_same_weights
@@ -157,3 +160,39 @@ def test_a_short_run_restores_beyond_the_blurry_input(tmp_path, tiny):
     losses = [r["loss"] for r in records if r["kind"] == "train"]
     assert len(gains) == 2 and gains[1] > gains[0] > 0.02, gains
     assert sum(losses[-10:]) < sum(losses[:10]), losses
+
+
+@pytest.fixture(scope="module")
+def default_workers_run(tmp_path_factory, tiny):
+    """A run with the default ``loader.num_workers: auto`` on the CPU of a 2-core machine, where core loads in-process."""
+    from trainhub.training import data as core_data
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(core_data, "cpu_count", lambda: 2)
+        mp.setenv("LOCAL_WORLD_SIZE", "1")
+        ov = tiny + ["loader.num_workers=auto", "train.device=cpu", "train.max_steps=6"]
+        return train("vrt_spike", overrides=ov, run_dir=tmp_path_factory.mktemp("auto_workers") / "run")
+
+
+def test_ram_cache_serves_hits_with_the_default_loader_workers_on_cpu(default_workers_run, read_metrics):
+    import yaml
+
+    assert yaml.safe_load((default_workers_run.run_dir / "config.yaml").read_text())["loader"]["num_workers"] == "auto"
+    # 4 clips of 2 sequences x 3 frames per epoch: from the second epoch on the clips come from RAM
+    assert read_metrics(default_workers_run.run_dir, "train")[-1]["cache_hit_rate"] > 0
+
+
+def test_sample_skips_stray_files_and_names_an_empty_blur_folder(default_workers_run, embedded_dir, tmp_path, capsys):
+    val_seq = next(p for p in Path(embedded_dir).glob("embedded-*/val/*") if (p / "blur").is_dir())
+    stray = tmp_path / "stray"
+    shutil.copytree(val_seq, stray)
+    (stray / "blur" / ".DS_Store").write_bytes(b"\0")
+    (tmp_path / "empty" / "blur").mkdir(parents=True)
+    ckpt = str(default_workers_run.run_dir)
+    assert main(["sample", "vrt_spike", "--checkpoint", ckpt, "--input", str(stray), "--out", str(tmp_path / "out"), "--device", "cpu"]) == 0
+    assert len(list((tmp_path / "out" / "stray" / "restored").glob("*.png"))) == 3
+    capsys.readouterr()
+    assert main(["sample", "vrt_spike", "--checkpoint", ckpt, "--input", str(tmp_path / "empty"), "--out", str(tmp_path / "out2"),
+                 "--device", "cpu"]) == 2
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last == f"trainhub: error: --input {tmp_path / 'empty'}: no frames (.png/.jpg/.jpeg/.bmp) in {tmp_path / 'empty' / 'blur'}"

@@ -92,3 +92,53 @@ def test_generate_and_voxelize_commands(tmp_path):
     main(["voxelize", "--root", str(out), "--bins", "2"])
     vox = np.load(seqs[1] / "voxel" / "000001.npy")
     np.testing.assert_allclose(vox, S.voxelize(S.read_dat(seqs[1] / "spike" / "000001.dat", 16, 16), 2), atol=1e-3)
+
+
+def small_dataset(path):
+    """One val sequence of two 16x16 frames with 4 spike frames per exposure."""
+    root = sim.generate(path, sim.SimSettings(size=16, frames=2, subframes=4), 0, 1, seed=0, progress=False)
+    return root, next((root / "val").iterdir())
+
+
+def test_voxelize_reads_spike_format_and_flipud_from_meta_json(tmp_path):
+    from trainhub.cli import main
+    from trainhub_vrt_spike.data import SpikeDeblurDataset
+
+    root, seq = small_dataset(tmp_path / "ds")
+    for f in (seq / "spike").glob("*.dat"):  # rows top-down, one byte per pixel
+        S.write_dat(f, S.read_dat(f, 16, 16), "bytes", flipud=False)
+    meta = json.loads((root / "meta.json").read_text())
+    (root / "meta.json").write_text(json.dumps({**meta, "spike_format": "bytes", "flipud": False}))
+    assert main(["prepare", "vrt_spike", "voxelize", "--root", str(root), "--bins", "2"]) == 0
+    fly = SpikeDeblurDataset(root, "val", 1, num_bins=2)
+    pre = SpikeDeblurDataset(root, "val", 1, num_bins=2, use_precomputed_voxels=True)
+    for i in range(2):
+        np.testing.assert_allclose(pre[i]["spike"].numpy(), fly[i]["spike"].numpy(), atol=1e-3)
+    assert main(["prepare", "vrt_spike", "voxelize", "--root", str(root), "--bins", "2", "--flipud"]) == 0  # a flag wins
+    np.testing.assert_allclose(pre[0]["spike"].numpy(), fly[0]["spike"].flip(-2).numpy(), atol=1e-3)
+    assert not np.allclose(pre[0]["spike"].numpy(), fly[0]["spike"].numpy(), atol=1e-3)
+
+
+def test_voxelize_takes_the_size_from_jpg_frames_without_meta_json(tmp_path):
+    from trainhub.cli import main
+
+    root, seq = small_dataset(tmp_path / "ds")
+    (root / "meta.json").unlink()
+    for f in (seq / "blur").glob("*.png"):
+        Image.open(f).save(f.with_suffix(".jpg"))
+        f.unlink()
+    assert main(["prepare", "vrt_spike", "voxelize", "--root", str(root), "--bins", "2"]) == 0
+    vox = np.load(seq / "voxel" / "000001.npy")
+    np.testing.assert_allclose(vox, S.voxelize(S.read_dat(seq / "spike" / "000001.dat", 16, 16), 2), atol=1e-3)
+
+
+@pytest.mark.parametrize("flag,value", [("--frames", "0"), ("--subframes", "0"), ("--size", "0")])
+def test_simulate_rejects_empty_settings_in_one_line(tmp_path, capsys, flag, value):
+    from trainhub.cli import main
+
+    args = {"--frames": "2", "--subframes": "4", "--size": "16", flag: value}
+    assert main(["prepare", "vrt_spike", "simulate", "--out", str(tmp_path / "ds"), "--train-sequences", "1",
+                 "--val-sequences", "1", *[x for kv in args.items() for x in kv]]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"trainhub: error: {flag} {value}: ")
+    assert not (tmp_path / "ds").exists()

@@ -108,8 +108,6 @@ class VRTSpikeModel(Section):
         w = self.window_size
         if isinstance(w, int):
             return (self.window_frames, w, w)
-        if len(w) != 3:
-            raise UserError(f"model.window_size must be one number or [frames, height, width], got {w}")
         return (w[0], w[1], w[2])
 
 
@@ -145,7 +143,8 @@ class VRTSpikeData(Section):
     spike_dir: str = Field("spike", description="folder of each sequence holding the .dat spike streams")
     voxel_dir: str = Field("voxel", description="folder of each sequence holding precomputed voxels (use_precomputed_voxels; "
                            "`trainhub prepare vrt_spike voxelize` writes it)")
-    spike_format: Literal["bitpacked", "bytes"] = Field("bitpacked", description=".dat layout: 8 pixels per byte, or one byte per pixel")
+    spike_format: Optional[Literal["bitpacked", "bytes"]] = Field(None, description=".dat layout: 8 pixels per byte, or one byte "
+                                                                  "per pixel (null: meta.json, else bitpacked)")
     spike_flipud: Optional[bool] = Field(None, description="rows stored bottom-up (null: meta.json, else true)")
     spike_height: Optional[int] = Field(None, ge=1, description="spike sensor rows (null: meta.json, else the frame height)")
     spike_width: Optional[int] = Field(None, ge=1, description="spike sensor columns (null: meta.json, else the frame width); "
@@ -181,6 +180,18 @@ class VRTSpikeConfig(RunConfig):
     loader: LoaderConfig = LoaderConfig(prefetch_factor=2)
     distill: DistillConfig = Field(default_factory=DistillConfig,
                                    description="knowledge distillation from a trained vrt_spike teacher (distill.teacher=RUN_DIR)")
+
+    @model_validator(mode="after")
+    def _check_model(self) -> "VRTSpikeConfig":
+        """Shapes the network cannot take, as one line naming the keys (before anything is built)."""
+        m = self.model
+        w = m.window_size
+        if isinstance(w, list) and len(w) != 3 or min([w] if isinstance(w, int) else w) < 1:
+            raise ValueError(f"model.window_size={w}: use one number >= 1 or [frames, height, width], each >= 1")
+        if len(set(m.embed_dims[7:])) > 1:
+            raise ValueError(f"model.embed_dims={m.embed_dims}: entries 8 onward (the stage-8 groups of model.depths) share one "
+                             f"width, got {m.embed_dims[7:]}")
+        return self
 
     @model_validator(mode="after")
     def _apply_total_workers(self) -> "VRTSpikeConfig":

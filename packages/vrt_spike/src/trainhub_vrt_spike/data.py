@@ -19,6 +19,7 @@ DataLoader workers would copy on read).
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -33,10 +34,22 @@ from trainhub_vrt_spike.cache import LRUCache
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
 
-# ---- DataLoader workers ----------------------------------------------------------------------------
-
-
 # ---- reading files ------------------------------------------------------------------------------------
+
+def natural_key(name: str) -> tuple[list[Any], str]:
+    """Sort key comparing runs of digits as numbers: 2 before 10 (unpadded frame numbers stay in time order)."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)], name
+
+
+def frame_stems(folder: Path) -> list[str]:
+    """Stems of the images (``IMAGE_SUFFIXES``) in ``folder``, in frame order (:func:`natural_key`)."""
+    return sorted((p.stem for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()), key=natural_key)
+
+
+def find_image(folder: Path, stem: str) -> Optional[Path]:
+    """``folder/<stem><suffix>`` for the first of ``IMAGE_SUFFIXES`` that exists, else None."""
+    return next((folder / f"{stem}{e}" for e in IMAGE_SUFFIXES if (folder / f"{stem}{e}").is_file()), None)
+
 
 def read_image(path: Path) -> np.ndarray:
     """(3, H, W) uint8."""
@@ -66,6 +79,19 @@ def read_meta(root: Path) -> dict[str, Any]:
         raise UserError(f"{f}: invalid JSON ({e.msg} at line {e.lineno})") from None
 
 
+def spike_layout(meta: dict[str, Any], root: Path, spike_format: Optional[str] = None,
+                 flipud: Optional[bool] = None) -> tuple[S.SpikeFormat, bool]:
+    """The ``.dat`` layout (format, rows bottom-up): a setting given here wins, then meta.json's ``spike_format`` /
+    ``flipud``, then bitpacked and bottom-up."""
+    fmt = spike_format or meta.get("spike_format", "bitpacked")
+    flip = meta.get("flipud", True) if flipud is None else flipud
+    if fmt not in ("bitpacked", "bytes"):
+        raise UserError(f"meta.json of {root}: spike_format={fmt!r}; use bitpacked or bytes")
+    if not isinstance(flip, bool):
+        raise UserError(f"meta.json of {root}: flipud={flip!r}; use true or false")
+    return fmt, flip
+
+
 class SpikeDeblurDataset(Dataset):
     """Clips of ``seq_len`` frames from the layout in the module docstring (one dataset per split).
 
@@ -91,7 +117,7 @@ class SpikeDeblurDataset(Dataset):
         use_precomputed_voxels: bool = False,
         spike_dir: str = "spike",
         voxel_dir: str = "voxel",
-        spike_format: S.SpikeFormat = "bitpacked",
+        spike_format: Optional[S.SpikeFormat] = None,
         spike_flipud: Optional[bool] = None,
         spike_size: Optional[tuple[int, int]] = None,
         spike_frames: Optional[int] = None,
@@ -111,8 +137,7 @@ class SpikeDeblurDataset(Dataset):
         self.crop, self.center_crop, self.flips = crop, center_crop, flips
         self.use_voxels = use_precomputed_voxels
         self.spike_dir, self.voxel_dir = spike_dir, voxel_dir
-        self.spike_format: S.SpikeFormat = spike_format if spike_format else meta.get("spike_format", "bitpacked")
-        self.flipud = meta.get("flipud", True) if spike_flipud is None else spike_flipud
+        self.spike_format, self.flipud = spike_layout(meta, self.root, spike_format, spike_flipud)
         if spike_size is None and "spike_height" in meta:
             spike_size = (int(meta["spike_height"]), int(meta["spike_width"]))
         self.spike_size = spike_size
@@ -122,7 +147,7 @@ class SpikeDeblurDataset(Dataset):
 
         seq_dirs, stems, starts, groups = [], [], [], []
         for si, seq in enumerate(sorted(p for p in base.iterdir() if (p / "blur").is_dir() and only in (None, p.name))):
-            frames = sorted(p.stem for p in (seq / "blur").iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            frames = frame_stems(seq / "blur")
             first = len(stems)
             seq_dirs.extend([str(seq)] * len(frames))
             stems.extend(frames)
@@ -145,10 +170,8 @@ class SpikeDeblurDataset(Dataset):
 
     @staticmethod
     def _find_ext(folder: Path, stem: str) -> str:
-        for ext in IMAGE_SUFFIXES:
-            if (folder / f"{stem}{ext}").is_file():
-                return ext
-        return ".png"
+        found = find_image(folder, stem)
+        return found.suffix if found else ".png"
 
     def __len__(self) -> int:
         return len(self.starts)
@@ -195,7 +218,7 @@ class SpikeDeblurDataset(Dataset):
             return blur, blur, self._load_spikes(g, blur.shape[1:])
         sharp_path = seq / "sharp" / f"{stem}{self.blur_ext[g]}"
         if not sharp_path.is_file():
-            sharp_path = next((seq / "sharp" / f"{stem}{e}" for e in IMAGE_SUFFIXES if (seq / "sharp" / f"{stem}{e}").is_file()), sharp_path)
+            sharp_path = find_image(seq / "sharp", stem) or sharp_path
         if not sharp_path.is_file():
             raise UserError(f"missing sharp frame {sharp_path} for {seq / 'blur' / stem}")
         sharp = read_image(sharp_path)

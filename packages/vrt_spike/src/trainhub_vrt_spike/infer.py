@@ -10,7 +10,7 @@ from torch import nn
 
 from trainhub import UserError
 from trainhub.kit.media import save_png, to_uint8_image
-from trainhub_vrt_spike.data import SpikeDeblurDataset, read_meta
+from trainhub_vrt_spike.data import IMAGE_SUFFIXES, SpikeDeblurDataset, frame_stems, read_meta
 from trainhub_vrt_spike.metrics import psnr
 
 
@@ -36,10 +36,14 @@ def restore_folder(model: nn.Module, config: Any, path: Path, out_dir: Path, max
     (blurry | restored | sharp when present) of its first frames; prints PSNR when sharp frames exist."""
     from trainhub_vrt_spike.recipe import dataset_kwargs, strip
 
+    if max_frames < 0:
+        raise UserError(f"--max-frames {max_frames}: use 0 (all frames) or a positive number")
     device = next(model.parameters()).device
     for seq in sequence_folders(path):
         meta = next((read_meta(p) for p in (seq, seq.parent, seq.parent.parent) if (p / "meta.json").is_file()), {})
-        n = len([p for p in (seq / "blur").iterdir() if p.is_file()])
+        n = len(frame_stems(seq / "blur"))
+        if not n:
+            raise UserError(f"--input {seq}: no frames ({'/'.join(IMAGE_SUFFIXES)}) in {seq / 'blur'}")
         if max_frames:
             n = min(n, max_frames)
         length = min(config.data.seq_len, n)

@@ -34,16 +34,20 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("--voxel-dir", default="voxel")
     v.add_argument("--height", type=int, help="spike rows (default: meta.json, else the blurry frame's)")
     v.add_argument("--width", type=int)
-    v.add_argument("--format", choices=["bitpacked", "bytes"], default="bitpacked")
-    v.add_argument("--no-flipud", action="store_true", help="rows are stored top-down")
+    v.add_argument("--format", choices=["bitpacked", "bytes"], help="spike .dat layout (default: meta.json's spike_format, else bitpacked)")
+    v.add_argument("--flipud", action=argparse.BooleanOptionalAction, default=None,
+                   help="rows are stored bottom-up; --no-flipud: top-down (default: meta.json's flipud, else bottom-up)")
     return p
 
 
 def main(args: list[str]) -> None:
     a = parser().parse_args(args)
     if a.cmd == "simulate":
-        if a.size % 8:
-            raise UserError(f"--size {a.size}: use a multiple of 8 (bitpacked spike frames and the network's three 2x downsamplings)")
+        for flag, value in (("--frames", a.frames), ("--subframes", a.subframes)):
+            if value < 1:
+                raise UserError(f"{flag} {value}: use 1 or more")
+        if a.size < 8 or a.size % 8:
+            raise UserError(f"--size {a.size}: use a positive multiple of 8 (bitpacked spike frames and the network's three 2x downsamplings)")
         cfg = sim.SimSettings(size=a.size, frames=a.frames, subframes=a.subframes, threshold=a.threshold, noise_std=a.noise, max_speed=a.max_speed)
         images = Path(a.images) if a.images else None
         if images is not None and not images.is_dir():
@@ -59,7 +63,7 @@ def main(args: list[str]) -> None:
         if not root.is_dir():
             raise UserError(f"--root {root} is not a folder")
         try:
-            n = sim.precompute_voxels(root, a.bins, a.spike_dir, a.voxel_dir, a.height, a.width, a.format, not a.no_flipud)
+            n = sim.precompute_voxels(root, a.bins, a.spike_dir, a.voxel_dir, a.height, a.width, a.format, a.flipud)
         except ValueError as e:
             raise UserError(str(e)) from None
         print(f"wrote {n} voxel files ({a.bins} bins) under {root}")

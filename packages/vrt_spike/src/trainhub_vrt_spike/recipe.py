@@ -208,11 +208,15 @@ def distill_losses(ctx: StepContext, batch: dict[str, torch.Tensor], out: torch.
 
 
 def loader_workers(config: VRTSpikeConfig) -> int:
-    """DataLoader workers per rank, as core will start them."""
+    """DataLoader workers per rank, as core's ``build_loader`` starts them (``auto`` depends on training on the CPU)."""
     from trainhub.training.data import auto_workers
+    from trainhub.training.devices import select_device
 
     n = config.loader.num_workers
-    return auto_workers(local_processes()) if n == "auto" else int(n)
+    if n != "auto":
+        return int(n)
+    cpu_training = select_device(config.train.device).type == "cpu"
+    return auto_workers(local_processes(), cpu_training)  # core reads the same LOCAL_WORLD_SIZE
 
 
 def dataset_kwargs(config: VRTSpikeConfig) -> dict[str, Any]:

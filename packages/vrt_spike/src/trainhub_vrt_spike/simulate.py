@@ -231,18 +231,27 @@ def iter_sequences(root: Path) -> Iterator[Path]:
 
 
 def precompute_voxels(root: Path, bins: int, spike_dir: str = "spike", voxel_dir: str = "voxel", height: Optional[int] = None,
-                      width: Optional[int] = None, fmt: S.SpikeFormat = "bitpacked", flipud: bool = True, progress: bool = True) -> int:
-    """Write ``voxel/<stem>.npy`` (float16 firing rates) next to every ``spike/<stem>.dat`` under ``root``; returns the count."""
+                      width: Optional[int] = None, fmt: Optional[S.SpikeFormat] = None, flipud: Optional[bool] = None,
+                      progress: bool = True) -> int:
+    """Write ``voxel/<stem>.npy`` (float16 firing rates) next to every ``spike/<stem>.dat`` under ``root``; returns the count.
+    The sensor size, ``fmt`` and ``flipud`` left None come from ``<root>/meta.json`` as the dataset reads them."""
     from tqdm import tqdm
 
-    meta = json.loads((root / "meta.json").read_text()) if (root / "meta.json").is_file() else {}
-    files = [f for seq in iter_sequences(root) for f in sorted((seq / spike_dir).glob("*.dat"))]
+    from trainhub_vrt_spike.data import find_image, natural_key, read_meta, spike_layout
+
+    meta = read_meta(root)
+    fmt, flipud = spike_layout(meta, root, fmt, flipud)
+    files = [f for seq in iter_sequences(root) for f in sorted((seq / spike_dir).glob("*.dat"), key=lambda f: natural_key(f.stem))]
     for f in tqdm(files, desc="voxelising", disable=not progress, unit="frame"):
         h, w = height or meta.get("spike_height"), width or meta.get("spike_width")
         if h is None or w is None:
             from PIL import Image
 
-            with Image.open(f.parent.parent / "blur" / f"{f.stem}.png") as im:
+            frame = find_image(f.parent.parent / "blur", f.stem)
+            if frame is None:
+                raise ValueError(f"{f}: no blurry frame {f.parent.parent / 'blur' / f.stem}.* to take the spike size from; "
+                                 "give --height and --width or set spike_height/spike_width in meta.json")
+            with Image.open(frame) as im:
                 w, h = im.size
         vox = S.voxelize(S.read_dat(f, h, w, fmt, flipud), bins).astype(np.float16)
         (f.parent.parent / voxel_dir).mkdir(exist_ok=True)
