@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -73,6 +74,28 @@ def test_chat_template_condition_and_target(tmp_path):
     with pytest.raises(UserError, match="messages"):
         (tmp_path / "plain.txt").write_text("no chat here")
         TokenImageDataset(str(tmp_path / "plain.txt"), use_chat_template=True)
+
+
+def test_split_is_the_same_however_the_source_is_spelled_or_wherever_it_lies(tmp_path, monkeypatch):
+    notes = tmp_path / "work" / "notes"
+    (notes / "sub").mkdir(parents=True)
+    for i in range(60):
+        (notes / ("sub" if i % 3 else "") / f"n{i}.txt").write_text(f"note number {i}\n", encoding="utf-8")
+    (notes / "chats.jsonl").write_text("".join(json.dumps({"text": f"line {i}"}) + "\n" for i in range(30)))
+    shutil.copytree(notes, tmp_path / "elsewhere" / "copy")  # the same folder on another machine
+    monkeypatch.chdir(tmp_path / "work")
+
+    def val_texts(source):
+        val = TokenImageDataset(source, split="val", val_percent=20, packing="none")
+        return sorted(decode_item(val, val[i]) for i in range(len(val)))
+
+    seen = val_texts("notes")
+    assert 0 < len(seen) < 90 and any("note number" in x for x in seen) and any("line " in x for x in seen)
+    for spelling in ("./notes/", str(notes), str(tmp_path / "elsewhere" / "copy")):
+        assert val_texts(spelling) == seen, spelling
+    # a single file: keyed by its name, wherever it is
+    one = val_texts("notes/chats.jsonl")
+    assert one and one == val_texts(str(tmp_path / "elsewhere" / "copy" / "chats.jsonl"))
 
 
 def test_embedded_stdlib_corpus_deterministic_with_and_without_template():

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+import trainhub_tokenimage
 from trainhub import UserError
 from trainhub.cli import main as cli
 from trainhub.testing import assert_same_weights
@@ -38,8 +39,9 @@ def test_a_short_run_reads_noisy_tokens_and_writes_words(tmp_path, tiny):
     m = records(res.run_dir, "eval")[-1]
     print({k: round(v, 3) for k, v in m.items() if isinstance(v, float)})
     assert m["token_acc_t10"] > 0.99  # the likelihood skip reads almost clean blocks exactly
-    # decoding the noisy image reads about 0.28 at t = 0.5, the likelihood with the token frequencies about 0.61;
-    # measured here: 0.70, and words 0.20 against 0.025 for the random streams (43 s on one core)
+    # reading the noisy image alone (noisy_acc_t50, the untrained model) gives 0.33 at t = 0.5, the likelihood with
+    # the token frequencies about 0.61; measured here: 0.70, and words 0.20 against 0.025 for the random streams
+    # (43 s on one core)
     assert m["token_acc_t50"] > m["noisy_acc_t50"] + 0.3 and m["token_acc_t50"] > 0.64
     assert m["gen_word_hit"] > m["gen_word_hit_random"] + 0.08
     assert 0 <= m["gen_unigram_tv"] <= 1 and 0 <= m["gen_bigram_hit"] <= 1
@@ -102,6 +104,35 @@ def test_chat_run_and_prompted_sample(tmp_path, tiny, capsys):
     assert (o3 / "sample_0.txt").read_bytes().decode("utf-8") == render_text(tok, both, chat=True)
     assert cli(["sample", "tokenimage", "--checkpoint", str(res.run_dir), "--steps", "2", "--out", str(tmp_path / "o2")]) == 2
     assert "--prompt" in capsys.readouterr().err
+
+
+def test_a_single_text_file_without_validation_data_is_refused_before_training(tmp_path, tiny, capsys):
+    """One text file is one document: the hash split holds none out, and train.best_metric would fail at the first
+    eval after training; it is refused when the data is built, in one line that names data.val_source."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("A single file of notes, long enough for a few images. " * 40, encoding="utf-8")
+    ov = [x for x in tiny if not x.startswith("data.")] + [f"data.source={notes}", "train.max_steps=6", "train.eval_every=3"]
+    capsys.readouterr()
+    assert cli(["run", "tokenimage", "--run-dir", str(tmp_path / "run"), *ov]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "data.val_source" in err and "train.best_metric='val_loss'" in err and str(notes) in err
+    assert not (tmp_path / "run" / "checkpoints").exists()  # nothing trained
+    assert cli(["run", "tokenimage", "--dry-run", *ov, f"data.val_source={notes}"]) == 0
+    assert cli(["run", "tokenimage", "--dry-run", *ov, "train.best_metric=null"]) == 0
+
+
+CONFIGS = Path(trainhub_tokenimage.__file__).parent / "configs"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.iterdir()))
+def test_every_shipped_config_runs(name, capsys):
+    """A one-step dry run of each shipped config (smaller data and batch, no compile: a CPU test) builds its model and
+    data and takes a step, so a config that cannot run fails here."""
+    small = ["data.max_documents=200", "loader.num_workers=0", "train.batch_size=2", "train.gradient_accumulation_steps=1",
+             "train.compile=false", "loggers.console.progress_bar=false"]
+    code = cli(["run", "tokenimage", "--config", str(CONFIGS / name), "--dry-run", *small])
+    assert code == 0, capsys.readouterr().err
 
 
 def test_configs_and_flat_script_keys(tmp_path, check_config_schema):

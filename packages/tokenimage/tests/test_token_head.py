@@ -1,5 +1,5 @@
 """The tokens head: logits in the codec's reading order, the expected image, the likelihood skip, times per token,
-padding, the sequential sampler and the word metric."""
+padding, the sequential sampler, the noisy-image baseline of the eval and the word metric."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 
 from trainhub_tokenimage.codec import TokenCodec
 from trainhub_tokenimage.diffusion import add_noise_to_timestep, alpha_bar, sample_sequential, token_cross_entropy, token_times
-from trainhub_tokenimage.metrics import dictionary_of, generation_metrics, word_hit_rate
+from trainhub_tokenimage.metrics import dictionary_of, evaluate_denoiser, generation_metrics, word_hit_rate
 from trainhub_tokenimage.model import TokenDiT
 from trainhub_tokenimage.tokenizer import ByteTokenizer
 
@@ -142,6 +142,27 @@ def test_sequential_sampler_writes_what_the_model_knows():
     flat = sample_sequential(lambda x, t: torch.zeros(*t.shape, 262), codec, mask[:1], steps=16,
                              generator=torch.Generator().manual_seed(2))
     assert len(set(codec.decode(flat[0]))) > 10
+
+
+def test_noisy_baseline_reads_what_the_untrained_likelihood_skip_reads():
+    """``noisy_acc_tNN`` is the maximum-likelihood reading of the noisy image alone: exactly what a fresh model (zero
+    output layer, logits = the likelihood skip) reads, at every level; decoding the shrunk image as if it were
+    clean reads less."""
+    codec = TokenCodec(262, 32, 3, (4, 4), 4)
+    g = torch.Generator().manual_seed(0)
+    items = [codec.encode(torch.randint(0, 262, (n,), generator=g)) for n in (64, 64, 40, 64, 64, 64, 20, 64)]
+    batch = {"clean": torch.stack([x[0] for x in items]), "mask": torch.stack([x[1] for x in items])}
+    torch.manual_seed(0)
+    fresh = TokenDiT(img_size=32, patch_size=4, hidden=32, depth=1, heads=2, head="tokens", codec=codec)
+    levels = [0.3, 0.5, 0.7]
+    m = evaluate_denoiser(fresh, [batch], codec, levels, "cosine", torch.device("cpu"), head="tokens")
+    for name in ("t30", "t50", "t70"):
+        assert m[f"noisy_acc_{name}"] == m[f"token_acc_{name}"]
+    # the same noise as the eval's at t = 0.5 (seed 0, batch 0, level 1), decoded without undoing the shrink
+    noise = torch.randn(batch["clean"].shape, generator=torch.Generator().manual_seed(1))
+    keep = codec.block_mask(batch["mask"])
+    naive = codec.nearest(add_noise_to_timestep(batch["clean"], 0.5, noise=noise))[keep]
+    assert float((naive == codec.nearest(batch["clean"])[keep]).float().mean()) < m["noisy_acc_t50"] - 0.03
 
 
 def test_word_hits_tell_text_from_letters():

@@ -28,7 +28,7 @@ _SKIP_DIRS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "_
 
 @dataclass
 class Document:
-    key: str  # a stable name (file, line or qualified Python name): decides the train/val split
+    key: str  # a stable name (file inside the source, file:line, qualified Python name): decides the train/val split
     text: str = ""
     messages: list[dict[str, str]] = field(default_factory=list)
 
@@ -111,13 +111,15 @@ def _check_messages(messages: object, where: str) -> list[dict[str, str]]:
     return out
 
 
-def read_jsonl(path: Path) -> Iterator[Document]:
-    """One JSON object per line with ``text`` or ``messages``; blank lines are skipped."""
+def read_jsonl(path: Path, name: Optional[str] = None) -> Iterator[Document]:
+    """One JSON object per line with ``text`` or ``messages``; blank lines are skipped. Document keys are
+    ``name:line`` (``name``: the file's name by default); errors name ``path:line``."""
+    name = name or Path(path).name
     with open(path, encoding="utf-8") as f:
         for i, line in enumerate(f, 1):
             if not line.strip():
                 continue
-            where = f"{path}:{i}"
+            where, key = f"{path}:{i}", f"{name}:{i}"
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as e:
@@ -125,24 +127,30 @@ def read_jsonl(path: Path) -> Iterator[Document]:
             if not isinstance(rec, dict):
                 raise UserError(f"{where}: expected a JSON object with 'text' or 'messages'")
             if "messages" in rec:
-                yield Document(key=where, messages=_check_messages(rec["messages"], where))
+                yield Document(key=key, messages=_check_messages(rec["messages"], where))
             elif isinstance(rec.get("text"), str):
-                yield Document(key=where, text=rec["text"])
+                yield Document(key=key, text=rec["text"])
             else:
                 raise UserError(f"{where}: expected a 'text' string or a 'messages' list; keys: {', '.join(rec) or 'none'}")
 
 
 def read_source(source: str | Path) -> Iterator[Document]:
-    """A ``.jsonl`` file, a text file (one document), or a folder of both (recursive, sorted)."""
+    """A ``.jsonl`` file, a text file (one document), or a folder of both (recursive, sorted).
+
+    Keys name files relative to the source (a single file: its name; in a folder: its path inside it, with ``/``),
+    so the split does not depend on how the source is spelled or where it lies.
+    """
     p = Path(source)
     if not p.exists():
         raise UserError(f"data source {p} does not exist (a text file, a .jsonl file, or a folder of them)")
-    files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in TEXT_SUFFIXES + (".jsonl",))
+    single = p.is_file()
+    files = [p] if single else sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in TEXT_SUFFIXES + (".jsonl",))
     if not files:
         raise UserError(f"data source {p}: no {', '.join(TEXT_SUFFIXES + ('.jsonl',))} files in it")
     for f in files:
+        name = f.name if single else f.relative_to(p).as_posix()
         if f.suffix.lower() == ".jsonl":
-            yield from read_jsonl(f)
+            yield from read_jsonl(f, name)
             continue
         try:
             text = f.read_text(encoding="utf-8")
@@ -150,4 +158,4 @@ def read_source(source: str | Path) -> Iterator[Document]:
             warnings.warn(f"skipping {f}: not UTF-8 text", stacklevel=2)
             continue
         if text.strip():
-            yield Document(key=str(f), text=text)
+            yield Document(key=name, text=text)

@@ -32,7 +32,8 @@ Packing = Literal["pack", "none"]
 
 
 def is_val(key: str, val_percent: float) -> bool:
-    """Stable split by document key: the same document lands in the same split on every machine."""
+    """Stable split by document key (named relative to its source): the same document lands in the same split
+    on every machine, however the source is spelled."""
     return (zlib.crc32(key.encode("utf-8")) % 10000) < val_percent * 100
 
 
@@ -133,7 +134,8 @@ class TokenImageDataset(Dataset):
             for d in docs:
                 messages = d.messages or (_name_docstring_chat(d) if source is None else None)
                 if not messages:
-                    raise UserError(f"{d.key}: use_chat_template needs chat records ('messages' in JSONL); this is plain text")
+                    raise UserError(f"data source {source}, document {d.key}: use_chat_template needs chat records "
+                                    "('messages' in JSONL); this is plain text")
                 for prompt, answer in chat_pairs(messages, tok):
                     for cond, target in chat_pieces(prompt, answer, self.max_tokens):
                         conds.append(cond)

@@ -2,9 +2,10 @@
 
 For each level ``t`` every validation image is noised once (fixed seed) and denoised in one call;
 the prediction is decoded to the nearest valid tokens and compared with the clean tokens on valid
-blocks. Also reported: the accuracy of decoding the noisy image directly (no model), the fraction of
-predicted blocks whose digit-wise rounding is a real token id, and the best constant guess (``acc_chance``:
-the frequency of the most common token).
+blocks. Also reported: the accuracy of reading the noisy image alone (no model: each block's maximum-likelihood
+token, the nearest valid code to ``noisy / sqrt(alpha_bar(t))``, which is what the token head's likelihood skip
+reads before any training), the fraction of predicted blocks whose digit-wise rounding is a real token id, and
+the best constant guess (``acc_chance``: the frequency of the most common token).
 
 Generations from pure noise have no ground truth; :func:`generation_metrics` compares their decoded tokens
 with the validation tokens: the total variation distance of the unigram distributions and the fraction of
@@ -24,7 +25,7 @@ import torch
 from torch import nn
 
 from trainhub_tokenimage.codec import TokenCodec
-from trainhub_tokenimage.diffusion import ScheduleName, add_noise_to_timestep, masked_mse, token_cross_entropy
+from trainhub_tokenimage.diffusion import ScheduleName, add_noise_to_timestep, alpha_bar, masked_mse, token_cross_entropy
 
 WORD = re.compile(r"[A-Za-z]{2,}")
 
@@ -79,6 +80,7 @@ def evaluate_denoiser(model: nn.Module, batches: Iterable[dict[str, torch.Tensor
             noise = torch.randn(clean.shape, generator=g).to(device)
             noisy = add_noise_to_timestep(clean, t, schedule, noise=noise)
             tt = torch.full((clean.shape[0],), float(t), device=device)
+            signal = float(alpha_bar(torch.tensor(float(t)), schedule).sqrt())  # noising shrinks the code
             with autocast():
                 out = model(noisy, tt, condition=cond, mask=mask, condition_mask=cmask, **({"logits": True} if head == "tokens" else {}))
             if head == "tokens":
@@ -93,7 +95,7 @@ def evaluate_denoiser(model: nn.Module, batches: Iterable[dict[str, torch.Tensor
             mse_sum += float(masked_mse(pred, clean, mask)) * clean.shape[0]
             loss_n += clean.shape[0]
             correct[t] += int((guess[keep] == truth).sum())
-            noisy_correct[t] += int((codec.nearest(noisy)[keep] == truth).sum())
+            noisy_correct[t] += int((codec.nearest(noisy / signal)[keep] == truth).sum())
             valid[t] += int(codec.is_valid_code(pred)[keep].sum())
     if tokens == 0:
         return {}

@@ -96,6 +96,12 @@ class TokenImageRecipe(Recipe):
             img_size=d.img_size, channels=d.channels, block=d.block, base=d.base, use_chat_template=d.use_chat_template,
             max_tokens=d.max_tokens, packing=d.packing, val_percent=d.val_percent,
         )
+        if val is None and config.train.best_metric:  # the first eval would fail, after training time is spent
+            held = (f"data.val_source={d.val_source} gives no images" if d.val_source else
+                    f"data.val_percent={d.val_percent:g} of the {train.num_documents} document(s) in data.source="
+                    f"{d.source or 'stdlib docstrings'} holds none out (each text file is one document)")
+            raise UserError(f"no validation data: {held}, but train.best_metric={config.train.best_metric!r} needs it; "
+                            "set data.val_source=FILE_OR_FOLDER, or train.best_metric=null")
         if dist.is_main():
             print(f"tokenimage: {codec.describe()}; {len(train)} train images from {train.num_documents} documents, "
                   f"{len(val) if val is not None else 0} val images", file=sys.stderr)
