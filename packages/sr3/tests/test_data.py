@@ -102,3 +102,29 @@ def test_a_pair_of_another_size_is_one_line_naming_the_file(tmp_path, capsys):
     assert rc == 2 and err.strip().splitlines()[-1] == (
         f"trainhub: error: {out / 'sr_8_32' / '00001.png'}: 30x32 pixels, expected 32x32 like every image in sr_8_32/ "
         "(data.r_resolution=32); prepare the folder again with `trainhub prepare sr3` or remove the image")
+
+
+@pytest.mark.parametrize("source", ["shapes", "embedded"])
+def test_data_root_with_a_source_that_brings_its_own_pictures_is_one_line_before_training(tmp_path, tiny, capsys, source):
+    from trainhub.cli import main
+
+    rc = main(["run", "sr3", "--dry-run", f"data.source={source}", f"data.root={tmp_path}", *tiny])
+    assert rc == 2 and capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"trainhub: error: data.root={tmp_path} is read only with data.source=paired|lmdb|folder, got data.source={source} "
+        "(it brings its own pictures): add data.source=folder for a folder of images (paired or lmdb for prepared data), "
+        "or leave data.root out")
+
+
+@pytest.mark.parametrize("source", ["shapes", "embedded", "folder"])
+def test_val_root_is_the_validation_data_whatever_source_trains(tmp_path, tiny, photos, source):
+    from trainhub.plugins import get_plugins
+    from trainhub.resolve import resolve_config
+
+    val_dir = photos(tmp_path / "val", n=3, size=(20, 18))
+    plugins = get_plugins()
+    recipe = plugins.recipe("sr3")
+    root = [f"data.root={photos(tmp_path / 'train')}"] if source == "folder" else []
+    config = resolve_config(recipe, plugins, None, tiny + [f"data.source={source}", f"data.val_root={val_dir}", "data.val_len=-1"] + root)
+    _, val = recipe.build_data(config)
+    expected = HRFolder(val_dir, 4, 16, train=False)
+    assert len(val) == 3 and all(torch.equal(val[i]["hr"], expected[i]["hr"]) for i in range(3))

@@ -159,6 +159,28 @@ def test_import_reference_without_a_json_reads_the_weights_and_applies_the_refer
         recipe.command(["import-reference", "--checkpoint", str(prefix), "--out", str(out)])
 
 
+def test_eval_of_a_run_imported_without_a_json_scores_data_val_root(tmp_path, photos, capsys):
+    """import-reference without --config trains on the embedded photos: eval scores data.val_root where it is given,
+    and refuses data.root, which that source does not read."""
+    from trainhub_sr3.data import HRFolder
+    from trainhub_sr3.metrics import psnr
+
+    prefix, _ = _reference_ckpt(tmp_path / "exp")
+    out = tmp_path / "imported"
+    get_plugins().recipe("sr3").command(["import-reference", "--checkpoint", str(prefix), "--out", str(out), "--sizes", "4,16"])
+    assert yaml.safe_load((out / "config.yaml").read_text())["data"]["source"] == "embedded"
+    val = photos(tmp_path / "val", n=2, size=(20, 18))
+    rc, stdout, err = _cli(capsys, "eval", "sr3", "--checkpoint", out, f"data.val_root={val}", "loader.num_workers=0",
+                           "model.beta_schedule.val.n_timestep=3")
+    assert rc == 0, err
+    items = [HRFolder(val, 4, 16, train=False)[i] for i in range(2)]
+    bicubic = float(torch.stack([psnr(x["sr"][None], x["hr"][None])[0] for x in items]).mean())
+    assert json.loads(stdout[stdout.index("{"):])["psnr_bicubic"] == pytest.approx(bicubic, abs=1e-4)
+    rc, _, err = _cli(capsys, "eval", "sr3", "--checkpoint", out, f"data.root={val}")
+    assert rc == 2 and err.strip().splitlines()[-1].startswith(
+        f"trainhub: error: data.root={val} is read only with data.source=paired|lmdb|folder, got data.source=embedded")
+
+
 def test_import_reference_of_unconditional_ddpm_weights_then_sample(tmp_path, capsys):
     prefix, _ = _reference_ckpt(tmp_path / "exp", network="ddpm", in_channel=3, name="I30_E1", n=6)
     out = tmp_path / "gen"

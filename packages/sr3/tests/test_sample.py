@@ -53,3 +53,41 @@ def test_unconditional_models_generate_without_input(tmp_path, tiny):
     names = sorted(p.name for p in tmp_path.glob("sample_*.png"))
     assert names == ["sample_000.png", "sample_001.png"] and Image.open(tmp_path / names[0]).size == (16, 16)  # image_size
     assert net.calls == 4
+
+
+def _unet_and_lr(tmp_path, tiny, size):
+    """A 4-level UNet (sizes must be multiples of 8; x4) and an LR image of ``size`` (width, height)."""
+    from trainhub_sr3.recipe import build_unet
+
+    config = _config(tiny + ["model.unet.channel_multiplier=[1,2,2,2]", "model.zero_init_output=false"])
+    torch.manual_seed(0)
+    lr = tmp_path / f"lr_{size[0]}x{size[1]}.png"
+    Image.fromarray((torch.rand(size[1], size[0], 3) * 255).byte().numpy()).save(lr)
+    return config, build_unet(config.model).eval(), lr
+
+
+def test_any_input_size_is_super_resolved_to_exactly_scale_times_it(tmp_path, tiny):
+    config, net, lr = _unet_and_lr(tmp_path, tiny, (7, 9))  # x4: 28 x 36, no multiple of 8
+    with torch.no_grad():
+        get_plugins().recipe("sr3").sample({"model": net}, config, _args(input=str(lr)), tmp_path)
+    assert Image.open(tmp_path / f"{lr.stem}_sr.png").size == (28, 36)
+
+
+def test_an_input_the_unet_takes_as_it_is_samples_as_before(tmp_path, tiny):
+    """A size that is already a multiple is sampled unpadded: the same pixels as sampling its bicubic upsampling."""
+    import numpy as np
+
+    from trainhub.kit.media import to_uint8_image
+    from trainhub_sr3.data import to_tensor
+    from trainhub_sr3.diffusion import sample
+    from trainhub_sr3.recipe import schedules
+
+    config, net, lr = _unet_and_lr(tmp_path, tiny, (6, 4))  # x4: 24 x 16
+    m = config.model
+    with torch.no_grad():
+        get_plugins().recipe("sr3").sample({"model": net}, config, _args(input=str(lr)), tmp_path)
+        sr = torch.nn.functional.interpolate(to_tensor(Image.open(lr).convert("RGB"))[None], size=(16, 24), mode="bicubic",
+                                             align_corners=False).clamp(-1, 1)
+        out = sample(net, sr, schedules(m)[1], m.sampler, m.residual, generator=torch.Generator().manual_seed(0),
+                     prediction=m.prediction, residual_scale=m.residual_scale, temperature=m.temperature)
+    assert np.array_equal(np.asarray(Image.open(tmp_path / f"{lr.stem}_sr.png")), np.asarray(to_uint8_image(out[0])))

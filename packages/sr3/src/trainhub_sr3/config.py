@@ -84,9 +84,11 @@ class SR3Data(Section):
     source: Literal["shapes", "embedded", "paired", "lmdb", "folder"] = Field(
         "shapes", description="shapes: procedural flat-coloured shapes (the CPU default); embedded: photographs "
         "scikit-image ships (configs/photos.yaml); prepared pairs (folders or the reference's LMDB), or any image folder")
-    root: Optional[str] = Field(None, description="paired: folder with hr_<R>/ sr_<r>_<R>/ lr_<r>/; lmdb: the LMDB folder "
-                                "(data.mdb); folder: HR images")
-    val_root: Optional[str] = Field(None, description="validation data; default: a split of the embedded photos or none")
+    root: Optional[str] = Field(None, description="training data, read by paired (folder with hr_<R>/ sr_<r>_<R>/ lr_<r>/), "
+                                "lmdb (the LMDB folder: data.mdb) and folder (HR images) only: with shapes or embedded it is "
+                                "an error")
+    val_root: Optional[str] = Field(None, description="validation data, whatever source trains; default: shapes' and "
+                                    "embedded's own validation pictures, none for paired, lmdb and folder")
     val_source: Optional[Literal["paired", "lmdb", "folder"]] = Field(
         None, description="layout of val_root; default: lmdb if it holds data.mdb, paired if it holds hr_<R>/, else folder")
     l_resolution: int = Field(8, ge=2, description="side of the low-resolution input in pixels (the lr_<r>/ and sr_<r>_<R>/ "
@@ -100,10 +102,17 @@ class SR3Data(Section):
                          "embedded: 40 photo tiles)")
 
 
+class SR3Train(TrainConfig):
+    best_metric: Optional[str] = Field("auto", description="an eval metric: its best checkpoint is kept and named in best.json "
+                                       "(sample and eval --checkpoint RUN use it); auto: psnr_mean where eval scores "
+                                       "super-resolution, none where it scores nothing (model.conditional=false, or "
+                                       "paired/lmdb/folder without data.val_root); null: none")
+
+
 class SR3Config(RunConfig):
     model: SR3Model = SR3Model()
     data: SR3Data = SR3Data()
-    train: TrainConfig = TrainConfig(
+    train: SR3Train = SR3Train(
         lr=1e-3, weight_decay=1e-2, batch_size=16, max_steps=1000, warmup_steps=50, schedule="cosine", min_lr_ratio=0.1,
-        eval_every=250, checkpoint_every=250, best_metric="psnr_mean", best_mode="max", ema=dict(decay=0.995), log_every=25,
+        eval_every=250, checkpoint_every=250, best_mode="max", ema=dict(decay=0.995), log_every=25,
     )

@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 
 from trainhub import EvalContext, ForeignResume, Recipe, StepContext, UserError
 from trainhub.kit.media import labelled_grid
+from trainhub.training import distributed as dist
 from trainhub_sr3 import compat
 from trainhub_sr3.config import SR3Config, SR3Data, SR3Model
 from trainhub_sr3.data import (
@@ -38,6 +39,10 @@ from trainhub_sr3.data import (
 from trainhub_sr3.diffusion import SCHEDULES, Schedule, make_betas, sample, training_loss
 from trainhub_sr3.lmdb_store import LMDBPairs, is_lmdb
 from trainhub_sr3.metrics import downsample, gradient_energy, psnr, ssim
+
+BUILTIN_SOURCES = ("shapes", "embedded")  # they bring their own pictures and read no data.root
+SCORES = ("psnr", "ssim", "psnr_mean", "ssim_mean", "consistency", "psnr_bicubic", "ssim_bicubic", "consistency_bicubic")
+EVAL_METRICS = SCORES + ("psnr_gain", "psnr_mean_gain", "sharpness", "sharpness_bicubic")  # what evaluate returns
 
 
 class Deferred(Dataset):
@@ -64,6 +69,23 @@ class Deferred(Dataset):
 def _first(data: Dataset, n: int) -> Dataset:
     """The first ``n`` items of ``data`` (all of them for n <= 0)."""
     return torch.utils.data.Subset(data, range(n)) if 0 < n < len(data) else data  # type: ignore[arg-type]
+
+
+def set_best_metric(config: SR3Config, scored: bool) -> None:
+    """Resolves ``train.best_metric=auto`` (psnr_mean where eval scores super-resolution, else none, said in one line)
+    and refuses, before training, a metric this run's eval cannot produce."""
+    t, d = config.train, config.data
+    why = ("model.conditional=false: eval generates images and scores no metric" if not config.model.conditional else
+           None if scored else f"data.source={d.source} without data.val_root: there is no validation data to score")
+    if t.best_metric == "auto":
+        t.best_metric = "psnr_mean" if why is None else None
+        if why is not None and dist.is_main():
+            print(f"trainhub-sr3: {why}, so no best checkpoint is kept (train.best_metric=auto)", file=sys.stderr)
+    elif t.best_metric is not None and why is not None:
+        fix = "set train.best_metric=null" if not config.model.conditional else "set data.val_root, or train.best_metric=null"
+        raise UserError(f"train.best_metric={t.best_metric} cannot be measured: {why}; {fix}")
+    elif t.best_metric is not None and t.best_metric not in EVAL_METRICS:
+        raise UserError(f"train.best_metric={t.best_metric} is not an sr3 eval metric; those are {', '.join(EVAL_METRICS)}")
 
 
 def check_model_config(m: SR3Model) -> None:
@@ -143,22 +165,32 @@ class SR3Recipe(Recipe):
         return {"model": build_unet(config.model)}
 
     def build_data(self, config: SR3Config) -> tuple[Dataset, Optional[Dataset]]:
-        """(train, val). Unconditional generation evaluates by generating, so it reads no validation data."""
+        """(train, val). ``data.val_root`` is the validation data whatever source trains; without it shapes and embedded
+        validate on their own pictures. Unconditional generation evaluates by generating, so it reads no validation data."""
         d = config.data
         if d.r_resolution % d.l_resolution:
             raise UserError(f"data.r_resolution={d.r_resolution} must be a multiple of data.l_resolution={d.l_resolution}")
+        if d.root and d.source in BUILTIN_SOURCES:
+            raise UserError(f"data.root={d.root} is read only with data.source=paired|lmdb|folder, got data.source={d.source} "
+                            "(it brings its own pictures): add data.source=folder for a folder of images (paired or lmdb for "
+                            "prepared data), or leave data.root out")
         if d.source == "shapes":
-            val = Shapes(d.l_resolution, d.r_resolution, "val", d.val_len if d.val_len > 0 else 32) if config.model.conditional else None
-            return Shapes(d.l_resolution, d.r_resolution, "train", d.train_len if d.train_len > 0 else 0), val
-        if d.source == "embedded":
-            val = _first(EmbeddedPhotos(d.l_resolution, d.r_resolution, "val"), d.val_len) if config.model.conditional else None
-            return EmbeddedPhotos(d.l_resolution, d.r_resolution, "train", flips=d.flips), val
-        train = Deferred(functools.partial(SR3Recipe._train_set, d))
-        if not d.val_root or not config.model.conditional:
-            return train, None
-        vroot = Path(d.val_root)
-        kind = d.val_source or ("lmdb" if is_lmdb(vroot) else "paired" if (vroot / f"hr_{d.r_resolution}").is_dir() else "folder")
-        return train, _first(self._dataset(d, kind, vroot, "data.val_root", train=False), d.val_len)
+            train: Dataset = Shapes(d.l_resolution, d.r_resolution, "train", d.train_len if d.train_len > 0 else 0)
+        elif d.source == "embedded":
+            train = EmbeddedPhotos(d.l_resolution, d.r_resolution, "train", flips=d.flips)
+        else:
+            train = Deferred(functools.partial(SR3Recipe._train_set, d))
+        val: Optional[Dataset] = None
+        if config.model.conditional and d.val_root:
+            vroot = Path(d.val_root)
+            kind = d.val_source or ("lmdb" if is_lmdb(vroot) else "paired" if (vroot / f"hr_{d.r_resolution}").is_dir() else "folder")
+            val = _first(self._dataset(d, kind, vroot, "data.val_root", train=False), d.val_len)
+        elif config.model.conditional and d.source == "shapes":
+            val = Shapes(d.l_resolution, d.r_resolution, "val", d.val_len if d.val_len > 0 else 32)
+        elif config.model.conditional and d.source == "embedded":
+            val = _first(EmbeddedPhotos(d.l_resolution, d.r_resolution, "val"), d.val_len)
+        set_best_metric(config, scored=val is not None)
+        return train, val
 
     @staticmethod
     def _train_set(d: SR3Data) -> Dataset:
@@ -200,8 +232,7 @@ class SR3Recipe(Recipe):
         if not m.conditional:
             return self._generate_grid(ctx, sched)
         k = m.eval_samples
-        keys = ("psnr", "ssim", "psnr_mean", "ssim_mean", "consistency", "psnr_bicubic", "ssim_bicubic", "consistency_bicubic")
-        scores: dict[str, list[torch.Tensor]] = {key: [] for key in keys}
+        scores: dict[str, list[torch.Tensor]] = {key: [] for key in SCORES}
         energy = {"sr": 0.0, "bicubic": 0.0, "hr": 0.0}
         shown: list[torch.Tensor] = []
         g = torch.Generator().manual_seed(0)  # the same starting noise at every eval: scores follow the model only
@@ -339,6 +370,7 @@ class SR3Recipe(Recipe):
         if not paths or not paths[0].exists():
             raise UserError(f"--input {src}: no images found")
         scale = config.data.r_resolution // config.data.l_resolution
+        multiple = 2 ** (len(m.unet.channel_multiplier) - 1)  # every UNet level but the last halves the size
         for p in paths:
             img = open_image(p)
             if img is None:
@@ -347,8 +379,12 @@ class SR3Recipe(Recipe):
             lr = to_tensor(img)[None].to(args.device)
             h, w = lr.shape[-2] * scale, lr.shape[-1] * scale
             sr = torch.nn.functional.interpolate(lr, size=(h, w), mode="bicubic", align_corners=False).clamp(-1, 1)
+            pad_h, pad_w = -h % multiple, -w % multiple  # sampled at the next size the UNet takes, then cropped back
+            if pad_h or pad_w:
+                mode = "reflect" if pad_h < h and pad_w < w else "replicate"  # reflect needs the pad below the size
+                sr = torch.nn.functional.pad(sr, (0, pad_w, 0, pad_h), mode=mode)
             out = sample(net, sr, sched, sampler, m.residual, generator=g, progress=True, prediction=m.prediction,
-                         residual_scale=m.residual_scale, temperature=temperature, discrete=m.network == "ddpm")
+                         residual_scale=m.residual_scale, temperature=temperature, discrete=m.network == "ddpm")[..., :h, :w]
             save_png(out_dir / f"{p.stem}_sr.png", to_uint8_image(out[0]))
             print(f"{p} -> {out_dir / (p.stem + '_sr.png')} ({w}x{h})")
 
