@@ -114,6 +114,51 @@ def test_config_mistakes_are_one_line_errors(tmp_path) -> None:
         recipe.build_data(resolve_config(recipe, plugins, None, ["data.source=coco", f"data.root={tmp_path}"]))
 
 
+def test_data_paths_the_source_does_not_read_are_refused_before_training(tmp_path, capsys) -> None:
+    """data.root / data.val_root with the built-in shapes (and COCO annotations with another source) would be ignored:
+    the config is refused in one line, a dry run included, naming the key and the sources that read it."""
+    from trainhub import ConfigError
+    from trainhub.cli import main
+    from trainhub.plugins import get_plugins
+
+    assert main(["run", "dit", "--dry-run", "--data.root", str(tmp_path / "photos"), "loader.num_workers=0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err
+    assert f"data.root={tmp_path / 'photos'} is not read by data.source=embedded" in err
+    assert "custom, imagefolder, coco, latents" in err
+    recipe, plugins = DiTRecipe(), get_plugins()
+    with pytest.raises(ConfigError, match="data.val_root=v is not read by data.source=embedded"):
+        resolve_config(recipe, plugins, None, ["data.val_root=v"])
+    with pytest.raises(ConfigError, match="data.annotations=a.json is not read by data.source=imagefolder; it is read "
+                                          "by data.source=coco"):
+        resolve_config(recipe, plugins, None, ["data.source=imagefolder", "data.root=r", "data.annotations=a.json"])
+    resolve_config(recipe, plugins, None, ["data.source=latents", "data.root=r", "data.val_root=v"])  # read: accepted
+
+
+def test_latent_subset_is_the_same_random_subset_as_for_images(tmp_path) -> None:
+    """data.num_samples on precomputed latents written in class order (as precompute-latents writes an imagefolder)
+    takes the fixed random subset the image datasets take, so it holds every class, not the first few."""
+    from safetensors.torch import save_file
+
+    from trainhub_dit.data import subsample
+    from trainhub_dit.latents import FORMAT, LatentShards
+
+    labels = torch.arange(10).repeat_interleave(20)  # 10 classes of 20, sorted by class, in two shards
+    for k, part in enumerate(labels.split(120)):
+        n = len(part)
+        save_file({"mean": torch.arange(n * 2 * 4, dtype=torch.float16).view(n, 2, 4, 1, 1) + 120 * 8 * k,
+                   "std": torch.zeros(n, 2, 4, 1, 1).half(), "label": part.clone()}, str(tmp_path / f"shard-{k:05d}.safetensors"))
+    (tmp_path / "index.json").write_text(json.dumps({
+        "format": FORMAT, "version": 1, "num_samples": 200, "channels": 4, "size": 1, "scale": 1.0, "image_size": 8,
+        "flips": 2, "shards": [{"file": "shard-00000.safetensors", "count": 120}, {"file": "shard-00001.safetensors", "count": 80}]}))
+    ds = LatentShards(tmp_path, hflip=False, num_samples=50)
+    items = [ds[i] for i in range(len(ds))]
+    assert len(ds) == 50 and sorted({int(it["y"]) for it in items}) == list(range(10))
+    # the items are the latents at the image datasets' subset indices, across the shard boundary
+    assert [int(it["x"][0, 0, 0]) // 8 for it in items] == subsample(200, 50).tolist()
+    assert len(LatentShards(tmp_path, hflip=False)) == len(LatentShards(tmp_path, num_samples=500)) == 200
+
+
 def test_unreadable_images_are_skipped_or_stop_the_run(tmp_path, capsys) -> None:
     write_image(tmp_path / "a" / "0.png", 8, 8, (255, 0, 0))
     (tmp_path / "a" / "1.png").write_bytes(b"not a png")

@@ -184,6 +184,44 @@ def test_class_table_may_differ_for_fine_tuning_but_nothing_else() -> None:
         compat.load_weights(micro_model(), sd)
 
 
+def test_model_without_label_dropout_keeps_the_class_rows_of_official_weights() -> None:
+    """Official weights always carry the null class row (10 classes: 11 rows); a model of the same 10 classes without
+    label dropout (10 rows) takes the 10 trained class rows in its weights, its EMA and their Adam moments, and drops
+    the null row. A table that holds other classes stays ours."""
+    table = compat.CLASS_TABLE
+    official = random_official(classes=10)
+    assert official[table].shape == (11, 48)
+    m = DiT(input_size=8, patch_size=2, in_channels=4, hidden_size=48, depth=2, num_heads=3, num_classes=10,
+            class_dropout_prob=0.0)
+    notes = compat.load_weights(m, official, "DiT.pt")
+    assert torch.equal(m.y_embedder.embedding_table.weight, official[table][:10])
+    assert notes == ["DiT.pt: y_embedder.embedding_table.weight: checkpoint (11, 48) vs model (10, 48): the 10 class "
+                     "rows loaded, the null class row dropped (model.class_dropout_prob=0 trains no guidance)"]
+    ema = {k: v + 1 for k, v in official.items()}
+    state, notes = compat.ema_state(m, ema, "DiT.pt (ema)")
+    assert torch.equal(state[table], ema[table][:10]) and len(notes) == 1 and "null class row dropped" in notes[0]
+
+    params = [torch.nn.Parameter(v.clone()) for v in official.values()]
+    opt = torch.optim.AdamW(params, lr=1e-4)
+    for p in params[1:]:
+        p.grad = torch.randn_like(p)
+    opt.step()
+    ours = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4)
+    assert compat.load_optimizer(ours, m, opt.state_dict(), list(official)) == 1
+    moments = ours.state[m.y_embedder.embedding_table.weight]
+    expect = opt.state_dict()["state"][list(official).index(table)]
+    assert torch.equal(moments["exp_avg"], expect["exp_avg"][:10]) and torch.equal(moments["exp_avg_sq"], expect["exp_avg_sq"][:10])
+
+    # 9 classes + null (10 rows) into 10 classes + null, 11 classes + null into 10 classes without: other classes
+    for classes, dropout in ((9, 0.1), (11, 0.0)):
+        m = DiT(input_size=8, patch_size=2, in_channels=4, hidden_size=48, depth=2, num_heads=3, num_classes=10,
+                class_dropout_prob=dropout)
+        fresh = m.y_embedder.embedding_table.weight.detach().clone()
+        notes = compat.load_weights(m, random_official(classes=classes))
+        assert len(notes) == 1 and "class count differs" in notes[0], classes
+        assert torch.equal(m.y_embedder.embedding_table.weight, fresh)
+
+
 def test_ema_is_checked_as_strictly_as_the_weights() -> None:
     from trainhub import UserError
 

@@ -61,7 +61,33 @@ def test_run_resumes_exactly_and_samples(tmp_path, micro, interrupt_and_resume, 
     capsys.readouterr()
     assert main(["sample", "dit", "--checkpoint", str(res.run_dir), "--class-labels", "7", "--steps", "1"]) == 2
     assert "classes 0..3" in capsys.readouterr().err
+    # sampling arguments are checked before any sampling: one line each, exit code 2 (the run has 100 timesteps)
+    for flags, message in ((["--steps", "101"], "--steps 101: respaced sampling takes 1..100 steps"),
+                           (["--steps", "0"], "--steps 0: respaced sampling takes 1..100 steps"),
+                           (["--per-class", "0"], "--per-class 0: must be at least 1"),
+                           (["--batch-size", "0"], "--batch-size 0: must be at least 1"),
+                           (["--cfg-channels", "-1"], "--cfg-channels -1: must be at least 1")):
+        assert main(["sample", "dit", "--checkpoint", str(res.run_dir), "--out", str(tmp_path / "bad"), *flags]) == 2, flags
+        err = capsys.readouterr().err
+        assert message in err.splitlines()[-1] and "Traceback" not in err, flags
+    assert not (tmp_path / "bad" / "samples.png").exists()
     assert main(["dit", "nothing"]) == 2 and "precompute-latents" in capsys.readouterr().err
+
+
+def test_eval_sampling_settings_are_checked_before_training(tmp_path, micro) -> None:
+    """eval.steps beyond the training timesteps (the reference's respacing cannot take them) and eval.classes outside
+    0..num_classes-1 (an index error, or the null class drawn silently) are config errors, before any step."""
+    from trainhub import ConfigError
+
+    with pytest.raises(ConfigError, match=r"eval.steps=4 exceeds model.diffusion_steps=3: respaced sampling takes 1..3"):
+        train("dit", overrides=micro + ["model.diffusion_steps=3"], run_dir=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    for classes in ("[0,4]", "[-1]", "[]"):  # 4 classes: label 4 is the null class
+        with pytest.raises(ConfigError, match=r"eval.classes=.*: give labels in 0..3 \(model.num_classes=4\)"):
+            train("dit", overrides=micro + [f"eval.classes={classes}"], run_dir=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    cfg = micro_config(micro + ["model.diffusion_steps=4", "eval.classes=[3,0]"])  # the limits themselves are accepted
+    assert (cfg.eval.steps, cfg.eval.classes) == (4, [3, 0])
 
 
 def official_checkpoint(path, config, num_classes=None, with_ema=True):
@@ -152,6 +178,22 @@ def test_official_checkpoint_with_other_classes_keeps_a_fresh_class_table(tmp_pa
             assert torch.equal(ema[k], torch.lerp(v, weights[k], 1 - 0.9)), k
     err = capsys.readouterr().err
     assert err.count("class count differs") == 2  # one line for the weights, one for the EMA
+
+
+def test_official_checkpoint_resumed_without_label_dropout_keeps_its_class_rows(tmp_path, micro, capsys) -> None:
+    """A train.py checkpoint (4 classes + the null row) resumed with model.class_dropout_prob=0 (4 rows): the weights
+    and the EMA keep the 4 trained class rows, the null row is dropped, one line each says so."""
+    official = official_checkpoint(tmp_path / "0000007.pt", micro_config(micro))
+    table = "y_embedder.embedding_table.weight"
+    assert official["model"][table].shape == (5, 32)
+    res = train("dit", overrides=micro + ["model.class_dropout_prob=0", "train.max_steps=7", "train.eval_at_end=false"],
+                run_dir=tmp_path / "run", resume=str(tmp_path / "0000007.pt"))
+    assert res.status == "completed" and res.step == 7
+    for file, expect in (("model.safetensors", official["model"]), ("ema.safetensors", official["ema"])):
+        assert torch.equal(load_file(str(res.last_checkpoint / file))[table], expect[table][:4]), file
+    out = capsys.readouterr()
+    assert "at step 7 (weights, optimizer, ema, step)" in out.out
+    assert out.err.count("the 4 class rows loaded, the null class row dropped") == 2 and "class count differs" not in out.err
 
 
 def test_import_official_released_weights(tmp_path, micro) -> None:

@@ -19,7 +19,8 @@ from torch import nn
 
 from trainhub import UserError
 
-# rows of the class table depend on the number of classes: a fine-tune to other classes keeps ours
+# rows of the class table: the classes, then the null class of guidance where the model trains with label dropout
+# (always, in the official code: its train.py keeps class_dropout_prob=0.1, the released weights have 1000 + 1 rows)
 CLASS_TABLE = "y_embedder.embedding_table.weight"
 
 
@@ -61,11 +62,20 @@ def read(path: str | Path) -> OfficialCheckpoint:
     raise UserError(f"{p}: neither a DiT state dict nor a training checkpoint with a 'model' entry")
 
 
-def _matching(own: dict[str, torch.Tensor], sd: dict[str, torch.Tensor], source: str) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """The entries of ``sd`` that load into a DiT whose state dict is ``own``, and notes on what was left out.
+def _null_row_only(ckpt: tuple[int, ...], ours: tuple[int, ...], num_classes: int) -> bool:
+    """The checkpoint's class table holds our ``num_classes`` classes plus the null row, which ours lacks (a model
+    without label dropout, ``model.class_dropout_prob=0``)."""
+    return ckpt[1:] == ours[1:] and (ckpt[0], ours[0]) == (num_classes + 1, num_classes)
 
-    Every key must exist with the same shape, except the class table when the number of classes differs (a
-    fine-tune on other classes): it is left out and noted.
+
+def _matching(own: dict[str, torch.Tensor], sd: dict[str, torch.Tensor], source: str,
+              num_classes: int) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The entries of ``sd`` that load into a DiT of ``num_classes`` classes whose state dict is ``own``, and notes on
+    what was left out.
+
+    Every key must exist with the same shape, except the class table: where only the checkpoint's null row is
+    extra, its class rows load; with another class count (a fine-tune on other classes) the table is left out.
+    Either is noted.
     """
     missing = sorted(set(own) - set(sd))
     unexpected = sorted(set(sd) - set(own))
@@ -76,6 +86,10 @@ def _matching(own: dict[str, torch.Tensor], sd: dict[str, torch.Tensor], source:
     for k, v in sd.items():
         if v.shape == own[k].shape:
             load[k] = v
+        elif k == CLASS_TABLE and _null_row_only(tuple(v.shape), tuple(own[k].shape), num_classes):
+            load[k] = v[:num_classes]
+            notes.append(f"{source}: {k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}: the {num_classes} "
+                         "class rows loaded, the null class row dropped (model.class_dropout_prob=0 trains no guidance)")
         elif k == CLASS_TABLE:
             notes.append(f"{source}: {k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}: class count differs, "
                          "kept freshly initialised")
@@ -88,10 +102,11 @@ def _matching(own: dict[str, torch.Tensor], sd: dict[str, torch.Tensor], source:
 def load_weights(model: nn.Module, sd: dict[str, torch.Tensor], source: str = "checkpoint") -> list[str]:
     """Load an official state dict into our :class:`~trainhub_dit.model.DiT`; returns notes on what was kept.
 
-    Every key must exist with the same shape, except the class table when the number of classes differs (a
-    fine-tune on other classes): ours is kept and noted.
+    Every key must exist with the same shape, except the class table: a model without the null row takes the
+    class rows of a checkpoint with it; with another class count (a fine-tune on other classes) ours is kept. Either
+    is noted.
     """
-    load, notes = _matching(model.state_dict(), sd, source)
+    load, notes = _matching(model.state_dict(), sd, source, model.y_embedder.num_classes)
     model.load_state_dict(load, strict=False)
     return notes
 
@@ -102,10 +117,11 @@ def ema_state(model: nn.Module, ema: dict[str, torch.Tensor], source: str = "che
 
     Where the class count differs, the EMA's class table is ``model``'s (the fresh one :func:`load_weights` kept):
     the table starts its average from the weights, as a restarted EMA would, and every other tensor keeps its
-    history. ``model`` must hold the loaded weights already.
+    history (where only the checkpoint's null row is extra, the EMA's class rows load). ``model`` must hold the loaded
+    weights already.
     """
     own = model.state_dict()
-    load, notes = _matching(own, ema, source)
+    load, notes = _matching(own, ema, source, model.y_embedder.num_classes)
     return {k: load[k] if k in load else own[k].detach().clone() for k in own}, notes
 
 
@@ -114,8 +130,9 @@ def load_optimizer(opt: torch.optim.Optimizer, model: nn.Module, official: dict[
 
     ``order`` names the official parameters in optimizer order (its state dict's keys: ``pos_embed`` first, a frozen
     parameter without state there, a buffer here). Our hyperparameters (lr, betas, fused) stay as configured. The
-    moments of a class table of another size are left out (the table is fresh, see :func:`load_weights`); any other
-    moment whose shape differs from its parameter's means the order does not match and is refused.
+    moments of a class table of another size are left out (the table is fresh, see :func:`load_weights`), except that
+    those of a null row ours lacks are cut off the class rows' moments; any other moment whose shape differs from its
+    parameter's means the order does not match and is refused.
     """
     ours = {id(p): i for i, p in enumerate(p for g in opt.param_groups for p in g["params"])}
     named = {n: p for n, p in model.named_parameters() if id(p) in ours}
@@ -124,12 +141,15 @@ def load_optimizer(opt: torch.optim.Optimizer, model: nn.Module, official: dict[
         if i not in official.get("state", {}) or name not in named:
             continue
         moments = official["state"][i]
-        shape = tuple(moments["exp_avg"].shape) if "exp_avg" in moments else tuple(named[name].shape)
-        if shape != tuple(named[name].shape):
-            if name == CLASS_TABLE:
+        own = tuple(named[name].shape)
+        shape = tuple(moments["exp_avg"].shape) if "exp_avg" in moments else own
+        if shape != own:
+            if name != CLASS_TABLE:
+                raise UserError(f"optimizer state {i} ({name}) has Adam moments of shape {shape} but the parameter is "
+                                f"{own}: the checkpoint's 'opt' does not follow its 'model' order")
+            if not _null_row_only(shape, own, model.y_embedder.num_classes):
                 continue
-            raise UserError(f"optimizer state {i} ({name}) has Adam moments of shape {shape} but the parameter is "
-                            f"{tuple(named[name].shape)}: the checkpoint's 'opt' does not follow its 'model' order")
+            moments = {k: v[: own[0]] if k in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq") else v for k, v in moments.items()}
         state[ours[id(named[name])]] = moments
     if not state:
         return 0

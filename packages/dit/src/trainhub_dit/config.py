@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from trainhub.config import RunConfig, Section, TrainConfig
 
@@ -29,7 +29,8 @@ class DiTDataConfig(Section):
     annotations: Optional[str] = Field(None, description="coco: the annotation JSON")
     coco_labels: Literal["category", "none"] = Field("category", description="coco: label = category of the largest "
                                                      "annotation, or none (unconditional)")
-    val_root: Optional[str] = Field(None, description="validation data of the same source (val loss, FID reference)")
+    val_root: Optional[str] = Field(None, description="validation data of the same source (val loss, FID reference; "
+                                    "not for embedded, which has its own)")
     val_annotations: Optional[str] = Field(None, description="coco: the annotation JSON of data.val_root")
     image_size: int = Field(16, ge=8, description="images are centre-cropped (or resized) to this square size")
     center_crop: bool = Field(True, description="ADM centre crop; false: resize the whole image to a square")
@@ -49,11 +50,12 @@ class DiTDataConfig(Section):
 class DiTEvalConfig(Section):
     sampler: Literal["ddpm", "ddim"] = Field("ddpm", description="ddpm: ancestral steps (the official sample.py's); ddim: "
                                               "deterministic (eta 0); for the sample grid, FID and trainhub sample")
-    steps: int = Field(250, ge=1, description="respaced sampling steps")
+    steps: int = Field(250, ge=1, description="respaced sampling steps, at most model.diffusion_steps")
     cfg_scale: float = Field(4.0, ge=1.0, description="classifier-free guidance scale (1 = off)")
     cfg_channels: Optional[int] = Field(None, ge=1, description="output channels guided; null: all noise channels; 3: as "
                                         "the official sample.py (it guides only the first three of the four latent channels)")
-    classes: Optional[list[int]] = Field(None, description="classes shown in the sample grid (default: the first 8)")
+    classes: Optional[list[int]] = Field(None, description="classes shown in the sample grid, labels 0..model.num_classes-1 "
+                                          "(default: the first 8)")
     samples_per_class: int = Field(4, ge=1, description="images per class in the sample grid (one row per class)")
     probe_per_class: int = Field(8, ge=0, description="generated images per class scored by the class probe "
                                  "(class_probe_acc; 0 = off); pixel space, 2..100 classes")
@@ -82,3 +84,20 @@ class DiTConfig(RunConfig):
         warmup_steps=100, max_grad_norm=1.0, precision="auto", ema=dict(decay=0.99), checkpoint_every_epoch=True,
         max_steps=1800, eval_every=600, checkpoint_every=0, log_every=50,
     )
+
+    @model_validator(mode="after")
+    def _check(self) -> "DiTConfig":
+        d, m, e = self.data, self.model, self.eval
+        for key, readers in (("root", ("custom", "imagefolder", "coco", "latents")),
+                             ("val_root", ("custom", "imagefolder", "coco", "latents")),
+                             ("annotations", ("coco",)), ("val_annotations", ("coco",))):
+            if getattr(d, key) is not None and d.source not in readers:
+                raise ValueError(f"data.{key}={getattr(d, key)} is not read by data.source={d.source}; it is read by "
+                                 f"data.source={', '.join(readers)}")
+        if e.steps > m.diffusion_steps:
+            raise ValueError(f"eval.steps={e.steps} exceeds model.diffusion_steps={m.diffusion_steps}: respaced sampling "
+                             f"takes 1..{m.diffusion_steps} of the training timesteps")
+        if e.classes is not None and (not e.classes or not all(0 <= c < m.num_classes for c in e.classes)):
+            raise ValueError(f"eval.classes={e.classes}: give labels in 0..{m.num_classes - 1} (model.num_classes="
+                             f"{m.num_classes})")
+        return self

@@ -25,6 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from trainhub import UserError
+from trainhub_dit.data import subsample
 
 FORMAT = "trainhub-dit-latents"
 
@@ -94,15 +95,14 @@ class LatentShards(Dataset):
         self.files = np.array([s["file"] for s in self.index["shards"]], dtype=np.str_)
         counts = np.array([s["count"] for s in self.index["shards"]], dtype=np.int64)
         self.starts = np.concatenate([[0], np.cumsum(counts)])
-        n = int(self.starts[-1])
-        self.length = n if num_samples is None else min(n, num_samples)
+        self.keep = subsample(int(self.starts[-1]), num_samples)  # the same fixed random subset as for images
         self.scale = float(self.index["scale"])
         self.hflip = hflip
         self.classes = tuple(self.index.get("classes", []))
         self._handles: dict[int, Any] = {}
 
     def __len__(self) -> int:
-        return self.length
+        return len(self.keep)
 
     def __getstate__(self) -> dict[str, Any]:  # open file handles stay in the process that opened them
         return {**self.__dict__, "_handles": {}}
@@ -115,6 +115,7 @@ class LatentShards(Dataset):
         return self._handles[k]
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        index = int(self.keep[index])
         k = int(np.searchsorted(self.starts, index, side="right") - 1)
         i = index - int(self.starts[k])
         f = self._shard(k)

@@ -44,11 +44,14 @@ def check_weights(weights: str) -> None:
 
 @torch.no_grad()
 def fid(real: Iterable[torch.Tensor], fake: Iterable[torch.Tensor], weights: str, device: torch.device) -> float:
-    """FID between two streams of image batches in [-1, 1] (N, 3, H, W)."""
+    """FID between two streams of image batches in [-1, 1] (N, 3, H, W). Under torch.distributed every rank calls it
+    with its part of both sets: the feature sums and sums of outer products are added over the ranks before the FID
+    is computed, so each rank returns the FID of all the ranks' images together."""
     from torchmetrics.image.fid import FrechetInceptionDistance
 
     check_weights(weights)
-    metric = FrechetInceptionDistance(feature=2048, normalize=True, feature_extractor_weights_path=weights).to(device)
+    metric = FrechetInceptionDistance(feature=2048, normalize=True, feature_extractor_weights_path=weights,
+                                      sync_on_compute=True).to(device)
     for batch in real:
         metric.update(((batch.float() + 1) / 2).clamp(0, 1).to(device), real=True)
     for batch in fake:

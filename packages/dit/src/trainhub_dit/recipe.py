@@ -322,15 +322,21 @@ class DiTRecipe(Recipe):
         return cfg.eval.cfg_scale
 
     def _fid(self, ctx: EvalContext, net: nn.Module) -> float:
-        """FID of ``fid_num_samples`` generated images (random classes, same seed on every rank) against as many
-        validation images (this rank's shard)."""
+        """FID of ``fid_num_samples`` generated images (random classes) against as many validation images. Under DDP
+        each rank generates its share of them (its own seed) and reads its share of the real ones from its validation
+        shard; the feature statistics are summed over the ranks, so every rank returns the FID of the whole set."""
+        from trainhub.training.distributed import rank, world_size
+
         cfg, e = ctx.config, ctx.config.eval
-        g = torch.Generator(ctx.device).manual_seed(cfg.train.seed + 1)
-        labels = torch.randint(0, cfg.model.num_classes, (e.fid_num_samples,), device=ctx.device, generator=g)
-        fake = self.generate(net, cfg, labels, e.steps, e.sampler, self._eval_cfg_scale(cfg), g, ctx.autocast)
+        r, w, n = rank(), world_size(), e.fid_num_samples
+        share = n * (r + 1) // w - n * r // w
+        g = torch.Generator(ctx.device).manual_seed(cfg.train.seed + 1 + r)
+        labels = torch.randint(0, cfg.model.num_classes, (share,), device=ctx.device, generator=g)
+        fake = self.generate(net, cfg, labels, e.steps, e.sampler, self._eval_cfg_scale(cfg), g, ctx.autocast).split(64) \
+            if share else ()
 
         def real() -> Any:
-            left = e.fid_num_samples
+            left = share
             for batch in ctx.data or []:
                 if left <= 0:
                     break
@@ -340,7 +346,7 @@ class DiTRecipe(Recipe):
                     x = decode(self.vae(cfg, ctx.device), x, cfg.data.latent_scale)
                 yield x
 
-        return fid(real(), fake.split(64), str(e.fid_inception_weights), ctx.device)
+        return fid(real(), fake, str(e.fid_inception_weights), ctx.device)
 
     def noise_schedule(self, models: dict[str, nn.Module]) -> Optional[dict[str, torch.Tensor]]:
         if not self._diffusions:
@@ -486,6 +492,12 @@ class DiTRecipe(Recipe):
         bad = [c for c in classes if not 0 <= c < config.model.num_classes]
         if bad:
             raise UserError(f"--class-labels {bad}: this model has classes 0..{config.model.num_classes - 1}")
+        t = config.model.diffusion_steps
+        if args.steps is not None and not 1 <= args.steps <= t:
+            raise UserError(f"--steps {args.steps}: respaced sampling takes 1..{t} steps (model.diffusion_steps={t})")
+        for flag, value in (("--per-class", args.per_class), ("--batch-size", args.batch_size), ("--cfg-channels", args.cfg_channels)):
+            if value is not None and value < 1:
+                raise UserError(f"{flag} {value}: must be at least 1")
         labels = torch.tensor(classes, device=device).repeat_interleave(args.per_class)
         precision = select_precision(config.train.precision, device)
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
@@ -494,7 +506,7 @@ class DiTRecipe(Recipe):
             return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
 
         g = torch.Generator(device).manual_seed(args.seed)
-        steps, cfg_scale = args.steps or e.steps, args.cfg_scale if args.cfg_scale is not None else e.cfg_scale
+        steps, cfg_scale = args.steps if args.steps is not None else e.steps, args.cfg_scale if args.cfg_scale is not None else e.cfg_scale
         imgs = self.generate(models["model"], config, labels, steps, args.sampler or e.sampler, cfg_scale, g, autocast,
                              args.vae, args.batch_size, progress=True, cfg_channels=args.cfg_channels)
         titles = self._titles(config, classes)
