@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from trainhub import UserError
 from trainhub.cli import main
 from trainhub.testing import assert_config_schema, assert_same_weights
 from trainhub.training.run import train
@@ -233,3 +234,9 @@ def test_import_official_training_checkpoint_keeps_its_ema(tmp_path, micro) -> N
         assert (config.model.name, config.model.input_size, config.model.num_classes) == ("DiT-Ti/8", 8, 10)
         got = models["model"].state_dict()
         assert all(torch.equal(got[k], v) for k, v in expect.items())
+    # a second import into the same run directory is refused before anything is written
+    before = {p: p.read_bytes() for p in (tmp_path / "imp").rglob("*") if p.is_file()}
+    with pytest.raises(UserError, match=r"^--out .*imp already holds a run; choose a new directory$"):
+        get_plugins().recipe("dit").command(["import-official", "--checkpoint", str(tmp_path / "0000300.pt"),
+                                             "--out", str(tmp_path / "imp"), "--model", "DiT-S/8"])
+    assert {p: p.read_bytes() for p in (tmp_path / "imp").rglob("*") if p.is_file()} == before

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -442,6 +443,9 @@ class DiTRecipe(Recipe):
         p.add_argument("--num-classes", type=int, help="default: from args, else 1000")
         p.add_argument("--vae", help="local diffusers AutoencoderKL directory used to decode samples")
         a = p.parse_args(argv)
+        out = Path(a.out)
+        if (out / "checkpoints").exists() or (out / "config.yaml").exists():
+            raise UserError(f"--out {out} already holds a run; choose a new directory")
         ck = compat.read(a.checkpoint)
         args = vars(ck.args) if ck.args is not None else {}
         image_size = a.image_size or int(args.get("image_size", 256))
@@ -457,14 +461,14 @@ class DiTRecipe(Recipe):
         ema = build_dit(config)
         compat.load_weights(ema, ck.ema if ck.ema is not None else ck.model, a.checkpoint)
         step = compat.step_from_name(a.checkpoint) or 0
-        out = Path(a.out)
         ckpt = out / "checkpoints" / f"checkpoint-{step}"
         ckpt.mkdir(parents=True, exist_ok=True)
         save_model(models["model"], str(ckpt / "model.safetensors"))
         save_model(ema, str(ckpt / "ema.safetensors"))
         write_json_atomic(ckpt / "training_state.json", {"step": step, "epoch": 0, "recipe": self.name,
                                                          "imported_from": str(Path(a.checkpoint).resolve())})
-        (out / "config.yaml").write_text(C.to_yaml(config))
+        (out / "config.yaml.tmp").write_text(C.to_yaml(config))
+        os.replace(out / "config.yaml.tmp", out / "config.yaml")
         print(f"imported {a.checkpoint} ({config.model.name}, {image_size}px, {config.model.num_classes} classes) into {out}; "
               f"sample with: trainhub sample dit --checkpoint {out}" + ("" if a.vae else " --vae VAE_DIR"))
 
