@@ -128,3 +128,15 @@ def test_val_root_is_the_validation_data_whatever_source_trains(tmp_path, tiny, 
     _, val = recipe.build_data(config)
     expected = HRFolder(val_dir, 4, 16, train=False)
     assert len(val) == 3 and all(torch.equal(val[i]["hr"], expected[i]["hr"]) for i in range(3))
+
+
+def test_a_target_size_the_unet_cannot_halve_is_one_line_before_training(tiny, capsys):
+    """A 3-level UNet halves the target twice: 36 works, 20 works, 24 -> 12 -> 6 works, 18 -> 9 -> 4.5 does not."""
+    from trainhub.cli import main
+
+    base = [*tiny, "model.unet.channel_multiplier=[1,2,2]", "data.l_resolution=6"]
+    rc = main(["run", "sr3", "--dry-run", *base, "data.r_resolution=18"])
+    assert rc == 2 and capsys.readouterr().err.strip().splitlines()[-1] == (
+        "trainhub: error: data.r_resolution=18 must be a multiple of 4: the UNet halves it 2 times "
+        "(model.unet.channel_multiplier has 3 levels)")
+    assert main(["run", "sr3", "--dry-run", *base, "data.r_resolution=24"]) == 0

@@ -170,6 +170,10 @@ class SR3Recipe(Recipe):
         d = config.data
         if d.r_resolution % d.l_resolution:
             raise UserError(f"data.r_resolution={d.r_resolution} must be a multiple of data.l_resolution={d.l_resolution}")
+        levels = len(config.model.unet.channel_multiplier)
+        if d.r_resolution % 2 ** (levels - 1):
+            raise UserError(f"data.r_resolution={d.r_resolution} must be a multiple of {2 ** (levels - 1)}: the UNet halves it "
+                            f"{levels - 1} times (model.unet.channel_multiplier has {levels} levels)")
         if d.root and d.source in BUILTIN_SOURCES:
             raise UserError(f"data.root={d.root} is read only with data.source=paired|lmdb|folder, got data.source={d.source} "
                             "(it brings its own pictures): add data.source=folder for a folder of images (paired or lmdb for "
