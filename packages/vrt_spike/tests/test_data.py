@@ -160,6 +160,18 @@ def test_unpadded_frame_numbers_are_read_in_time_order(tmp_path):
         np.testing.assert_array_equal(item["spike"][k].numpy(), S.read_dat(seq / "spike" / f"{stem}.dat", 16, 16))
 
 
+
+def test_upper_case_image_suffixes_are_read(tmp_path):
+    root, seq = small_dataset(tmp_path / "ds", frames=4)
+    want = {sub: read_image(seq / sub / "000001.png") for sub in ("blur", "sharp")}
+    for sub in ("blur", "sharp"):
+        for f in (seq / sub).iterdir():
+            f.rename(f.with_suffix(".PNG"))
+    item = SpikeDeblurDataset(root, "val", 2, spike_input="raw")[1]
+    for sub in ("blur", "sharp"):
+        np.testing.assert_array_equal((item[sub][0] * 255).round().byte().numpy(), want[sub])
+
+
 @pytest.mark.filterwarnings("ignore:This DataLoader will create")  # 16 pretended CPUs on a smaller machine
 @pytest.mark.parametrize("cpus", [2, 16])
 def test_cache_is_sized_for_the_workers_core_starts(monkeypatch, cpus):

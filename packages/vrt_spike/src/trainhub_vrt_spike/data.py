@@ -47,8 +47,9 @@ def frame_stems(folder: Path) -> list[str]:
 
 
 def find_image(folder: Path, stem: str) -> Optional[Path]:
-    """``folder/<stem><suffix>`` for the first of ``IMAGE_SUFFIXES`` that exists, else None."""
-    return next((folder / f"{stem}{e}" for e in IMAGE_SUFFIXES if (folder / f"{stem}{e}").is_file()), None)
+    """``folder/<stem><suffix>`` for the first of ``IMAGE_SUFFIXES`` (lower or upper case) that exists, else None."""
+    names = (f"{stem}{e}" for suffix in IMAGE_SUFFIXES for e in (suffix, suffix.upper()))
+    return next((folder / n for n in names if (folder / n).is_file()), None)
 
 
 def read_image(path: Path) -> np.ndarray:
