@@ -65,3 +65,12 @@ def test_weights_of_another_shape_are_one_line_naming_the_file(run, capsys, ema)
     name = "ema.safetensors" if ema else "model.safetensors"
     assert "\n" not in err and "Traceback" not in err
     assert err.startswith("trainhub: error: ") and f"{name}: weights do not match model 'model'" in err and "size mismatch" in err
+
+
+def test_eval_without_validation_data_of_a_recipe_that_needs_it_is_one_line(tmp_path, capsys):
+    run_dir = tmp_path / "r"
+    train("tiny", overrides=QUIET + ["train.max_steps=2", "data.val_samples=0", "train.best_metric=null"], run_dir=run_dir)
+    capsys.readouterr()
+    assert cli_main(["eval", "tiny", "--checkpoint", str(run_dir)]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "trainhub: error: recipe 'tiny' has no validation data with this config, and evaluates nothing without it")

@@ -68,6 +68,14 @@ def test_an_unconditional_run_writes_a_titled_grid_of_generated_images_and_keeps
     assert capsys.readouterr().err.count(note) == 1 and not (res.run_dir / "best.json").exists()
     resumed = train("sr3", overrides=["train.max_steps=4"], run_dir=tmp_path / "r", resume="auto")
     assert (resumed.status, resumed.step) == ("completed", 4)
+    # `trainhub eval` on it, which its last lines suggest, generates the grid too
+    from trainhub.cli import main
+
+    capsys.readouterr()
+    assert main(["eval", "sr3", "--checkpoint", str(res.run_dir)]) == 0
+    out = capsys.readouterr()
+    grid = res.run_dir / "samples" / "eval" / "step_0000004" / "samples.png"
+    assert f"trainhub: wrote {grid}" in out.err and grid.is_file() and out.out.strip() == "{}"
 
 
 def test_own_images_without_val_root_train_and_keep_no_best(tmp_path, tiny, photos, capsys):

@@ -404,19 +404,24 @@ def cmd_eval(args: argparse.Namespace, rest: list[str]) -> int:
         set_cpu_threads(config.train.cpu_threads, config.loader.num_workers, 1)
     models = {k: m.to(device).eval() for k, m in models.items()}
     _, val = recipe.build_data(config)
-    if val is None or len(val) == 0:
-        raise UserError(f"recipe {args.recipe!r} has no validation data with this config")
-    loader, _ = build_loader(val, config.train.batch_size, config.loader.model_copy(update={"persistent_workers": False}),
-                             config.train.seed, 0, 1, False, recipe.collate_fn(config), shuffle=False, drop_last=False,
-                             cpu_training=device.type == "cpu")
+    data = None  # as in training: a recipe without validation data evaluates what it can (say, by generating)
+    if val is not None and len(val) > 0:
+        loader, _ = build_loader(val, config.train.batch_size, config.loader.model_copy(update={"persistent_workers": False}),
+                                 config.train.seed, 0, 1, False, recipe.collate_fn(config), shuffle=False, drop_last=False,
+                                 cpu_training=device.type == "cpu")
+        data = console_progress(loader, "eval", len(loader))
     dtype = amp_dtype(select_precision(config.train.precision, device))
     step = ckpt.read_state(path)["step"]
     out_root = path.parent.parent / "samples" / "eval" if path.parent.name == "checkpoints" else path / "eval"
-    ctx = EvalContext(models, console_progress(loader, "eval", len(loader)), device, config, step, path, True,
-                      lambda: autocast(device, dtype), MediaWriter(out_root, step), console_progress)
+    media = MediaWriter(out_root, step)
+    ctx = EvalContext(models, data, device, config, step, path, True, lambda: autocast(device, dtype), media, console_progress)
     torch.manual_seed(config.train.seed)
     with torch.no_grad():
         metrics = recipe.evaluate(ctx)
+    if not metrics and not media.items:
+        raise UserError(f"recipe {args.recipe!r} has no validation data with this config, and evaluates nothing without it")
+    if media.items:
+        print(f"trainhub: wrote {', '.join(str(m.path) for m in media.items)}", file=sys.stderr)
     print(json.dumps({k: float(v) for k, v in metrics.items()}, indent=2))
     return 0
 
