@@ -32,6 +32,20 @@ def test_config_schema_and_shipped_configs() -> None:
     assert (xl.model.name, xl.train.lr, xl.train.warmup_steps, xl.train.ema.decay) == ("DiT-XL/2", 1e-4, 500, 0.9999)
 
 
+def test_the_latent_space_config_without_a_vae_is_refused_before_training(tmp_path, capsys) -> None:
+    """dit_xl2_256 names the VAE required: a folder without data.vae must not train DiT-XL/2 on 256 px pixels."""
+    from PIL import Image
+
+    for c in ("a", "b"):
+        (tmp_path / "imgs" / c).mkdir(parents=True)
+        Image.new("RGB", (32, 32)).save(tmp_path / "imgs" / c / "0.png")
+    capsys.readouterr()
+    assert main(["run", "dit", "--config", "dit_xl2_256", f"data.root={tmp_path / 'imgs'}", "--dry-run"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "trainhub: error: data.space=latent on data.source=imagefolder needs data.vae (a local diffusers AutoencoderKL "
+        "directory) to encode the images, or precomputed latents (data.source=latents)")
+
+
 def test_run_resumes_exactly_and_samples(tmp_path, micro, interrupt_and_resume, capsys) -> None:
     # 64 images / (4 x 2) = 8 steps per epoch: 10 steps cross an epoch end, and the cut is mid-epoch
     ov = micro + ["train.max_steps=10", "train.checkpoint_every_epoch=true", "train.eval_every=10"]

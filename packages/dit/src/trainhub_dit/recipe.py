@@ -91,6 +91,9 @@ class DiTRecipe(Recipe):
 
     def build_data(self, config: DiTConfig) -> tuple[Dataset, Optional[Dataset]]:
         d = config.data
+        if d.space == "latent" and d.source != "latents" and not d.vae:
+            raise UserError(f"data.space=latent on data.source={d.source} needs data.vae (a local diffusers AutoencoderKL "
+                            "directory) to encode the images, or precomputed latents (data.source=latents)")
         train = self._dataset(config, d.root, d.annotations, "train", d.hflip)
         val: Optional[Dataset] = None
         if d.source == "embedded":
