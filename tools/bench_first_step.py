@@ -8,9 +8,9 @@ first step over the median of steps 3..N. Targets: first step <= 1.1x, its peak 
 A first step also warms up whether it counts or not: on a CPU its activations, gradients, optimizer state and the
 optimizer's intermediates are the process's first touch of that memory (page faults), on a GPU the allocator grows and
 kernels are chosen. So the same run also times a hand-written loop on the same model, data and optimizer (the
-recipe's ``train_step`` under the run's autocast, backward, clipping, AdamW, foreach EMA): its own first step over its
-later ones is what any loop pays, and trainhub's first step over the plain loop's first step is what trainhub adds to
-it. On CUDA the process's context and cuBLAS handles are made before the first side, and the allocator's cache is
+recipe's ``train_step`` under the run's autocast, backward, clipping, the run's optimizer, foreach EMA): its own first
+step over its later ones is what any loop pays, and trainhub's first step over the plain loop's first step is what
+trainhub adds to it. On CUDA the process's context and cuBLAS handles are made before the first side, and the allocator's cache is
 emptied before each, so every side's first step grows its own memory (kernel choices stay cached: the counted run,
 measured first, pays them).
 
@@ -39,6 +39,7 @@ from trainhub.plugins import get_plugins
 from trainhub.recipe import StepContext
 from trainhub.resolve import resolve_config
 from trainhub.training.devices import amp_dtype, autocast, select_precision, to_device
+from trainhub.training.optim import build_optimizer
 from trainhub.training.run import train
 
 DIT = ["model.name=DiT-S/4", "data.image_size=32", "train.batch_size=8", "train.gradient_accumulation_steps=1"]
@@ -98,7 +99,7 @@ def measure(recipe: str, overrides: list[str], device: torch.device) -> StepProb
 
 def plain_loop(recipe: str, overrides: list[str], device: torch.device, steps: int) -> StepProbe:
     """The same recipe's model, data and train_step in a hand-written loop, timed like the trainhub steps, with the
-    run's autocast dtype and AdamW kernel (fused on CUDA unless ``train.fused=false``)."""
+    run's autocast dtype and the run's optimizer (the recipe's spec through ``build_optimizer``: its kind and kernel)."""
     plugins = get_plugins()
     rec = plugins.recipe(recipe)
     config = resolve_config(rec, plugins, None, overrides)
@@ -112,9 +113,9 @@ def plain_loop(recipe: str, overrides: list[str], device: torch.device, steps: i
     precision = select_precision(tc.precision, device)
     if precision == "fp16":
         raise SystemExit("the plain loop has no grad scaler; use train.precision=bf16 or fp32")
-    fused = tc.fused if tc.fused is not None else device.type == "cuda"
-    opt = torch.optim.AdamW(params, lr=tc.lr, betas=tuple(tc.betas), eps=tc.eps, weight_decay=tc.weight_decay,
-                            **({"fused": True} if fused else {"foreach": True}))
+    (spec,) = rec.optimizers(config, models).values()
+    opt = build_optimizer(plugins, params, spec, tc, device)
+    max_norm = spec.max_grad_norm or tc.max_grad_norm
     ema = [p.detach().clone() for p in params]
     train_ds, _ = rec.build_data(config)
     loader = torch.utils.data.DataLoader(train_ds, batch_size=tc.batch_size, shuffle=True, drop_last=True,
@@ -129,8 +130,8 @@ def plain_loop(recipe: str, overrides: list[str], device: torch.device, steps: i
                 out = rec.train_step(batch, StepContext(models, name, step, 0, 0, device, config))
             opt.zero_grad(set_to_none=True)
             out["loss"].backward()
-            if tc.max_grad_norm:
-                torch.nn.utils.clip_grad_norm_(params, tc.max_grad_norm, foreach=True)
+            if max_norm:
+                torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)
             opt.step()
             with torch.no_grad():
                 torch._foreach_lerp_(ema, params, 1 - tc.ema.decay)
