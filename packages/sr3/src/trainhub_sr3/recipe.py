@@ -88,6 +88,11 @@ def set_best_metric(config: SR3Config, scored: bool) -> None:
         raise UserError(f"train.best_metric={t.best_metric} is not an sr3 eval metric; those are {', '.join(EVAL_METRICS)}")
 
 
+def size_multiple(m: SR3Model) -> int:
+    """What the UNet's input sides must be a multiple of: every level but the last halves them."""
+    return 2 ** (len(m.unet.channel_multiplier) - 1)
+
+
 def check_model_config(m: SR3Model) -> None:
     """Combinations the UNet or the diffusion cannot run, as one-line errors naming the keys."""
     u = m.unet
@@ -170,9 +175,10 @@ class SR3Recipe(Recipe):
         d = config.data
         if d.r_resolution % d.l_resolution:
             raise UserError(f"data.r_resolution={d.r_resolution} must be a multiple of data.l_resolution={d.l_resolution}")
-        levels = len(config.model.unet.channel_multiplier)
-        if d.r_resolution % 2 ** (levels - 1):
-            raise UserError(f"data.r_resolution={d.r_resolution} must be a multiple of {2 ** (levels - 1)}: the UNet halves it "
+        multiple = size_multiple(config.model)
+        if d.r_resolution % multiple:
+            levels = len(config.model.unet.channel_multiplier)
+            raise UserError(f"data.r_resolution={d.r_resolution} must be a multiple of {multiple}: the UNet halves it "
                             f"{levels - 1} times (model.unet.channel_multiplier has {levels} levels)")
         if d.root and d.source in BUILTIN_SOURCES:
             raise UserError(f"data.root={d.root} is read only with data.source=paired|lmdb|folder, got data.source={d.source} "
@@ -374,7 +380,7 @@ class SR3Recipe(Recipe):
         if not paths or not paths[0].exists():
             raise UserError(f"--input {src}: no images found")
         scale = config.data.r_resolution // config.data.l_resolution
-        multiple = 2 ** (len(m.unet.channel_multiplier) - 1)  # every UNet level but the last halves the size
+        multiple = size_multiple(m)
         for p in paths:
             img = open_image(p)
             if img is None:
